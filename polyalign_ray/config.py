@@ -1,0 +1,349 @@
+"""Configuration: frozen dataclasses for every stage, YAML files that mirror them, dotted overrides.
+
+A run is described by one :class:`PolyAlignConfig`. It is built from the defaults, then a YAML file, then
+``section.key=value`` overrides from the command line, in that order. Every problem in that chain (unknown key,
+wrong type, value out of range) is collected and raised together in one :class:`ConfigError` that names each key
+and says how to fix it, before any Ray work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems; ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``polyalign prepare``: reading, normalizing, bucketing, dedup and splitting of the corpus."""
+
+    inputs: tuple[str, ...] = ()
+    """Files or folders (JSONL, JSON, Parquet, HF ``save_to_disk`` folders). Empty with ``builtin``: the built-in
+    bilingual corpus."""
+    builtin: bool = True
+    """Use the built-in bilingual corpus when ``inputs`` is empty."""
+    builtin_max_per_bucket: int = 400
+    """Per-bucket cap of the built-in corpus (keeps the demo small and its selection deterministic)."""
+    output_dir: str = "runs/demo/data"
+    seed: int = 0
+    """Seed of the hash split (changing it reshuffles which conversations land in val/test)."""
+    val_fraction: float = 0.05
+    test_fraction: float = 0.1
+    expand_turns: bool = False
+    """Make one record per assistant turn of a conversation (default: only the last assistant turn)."""
+    max_row_chars: int = 200_000
+    """Rows longer than this (raw, in characters) are quarantined as ``oversized_row``."""
+    max_response_tokens: int = 8_192
+    """Responses longer than this many length tokens are quarantined as ``oversized_response``."""
+    default_source: str = ""
+    """Source name for rows that carry none (default: the input file's stem)."""
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if not 0 <= self.val_fraction < 1:
+            out.append(f"{path}.val_fraction must be in [0, 1), got {self.val_fraction}; e.g. 0.05")
+        if not 0 <= self.test_fraction < 1:
+            out.append(f"{path}.test_fraction must be in [0, 1), got {self.test_fraction}; e.g. 0.1")
+        if self.val_fraction + self.test_fraction >= 1:
+            out.append(
+                f"{path}.val_fraction + {path}.test_fraction must be < 1 (nothing would be left for train), "
+                f"got {self.val_fraction + self.test_fraction}"
+            )
+        for key in ("builtin_max_per_bucket", "max_row_chars", "max_response_tokens"):
+            if getattr(self, key) <= 0:
+                out.append(f"{path}.{key} must be > 0, got {getattr(self, key)}")
+        if not self.inputs and not self.builtin:
+            out.append(
+                f"{path}.inputs is empty and {path}.builtin is false: give input files or builtin=true"
+            )
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferencesConfig:
+    """``polyalign references``: per-bucket human reference distributions (METHOD.md section 2)."""
+
+    min_count: int = 20
+    """Buckets with fewer train records back off to their parent bucket."""
+    quantiles: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+    band: tuple[float, float] = (0.1, 0.9)
+    """The human band [lo, hi] of the distance: quantiles that must be among ``quantiles``."""
+    scale_floor: float = 0.05
+    """epsilon in s = max(q75 - q25, epsilon): keeps a feature that is constant for humans from exploding the
+    distance (features are log1p counts or ratios, so 0.05 is a small step on every feature)."""
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if self.min_count < 1:
+            out.append(f"{path}.min_count must be >= 1, got {self.min_count}")
+        if any(not 0 < q < 1 for q in self.quantiles):
+            out.append(f"{path}.quantiles must lie strictly between 0 and 1, got {list(self.quantiles)}")
+        required = {0.1, 0.25, 0.5, 0.75, 0.9, *self.band}
+        missing = sorted(required - set(self.quantiles))
+        if missing:
+            out.append(f"{path}.quantiles must include {missing} (the band, q25/q50/q75 for the scale)")
+        if not self.band[0] < self.band[1]:
+            out.append(f"{path}.band must be [lo, hi] with lo < hi, got {list(self.band)}")
+        if self.scale_floor <= 0:
+            out.append(f"{path}.scale_floor must be > 0, got {self.scale_floor}; e.g. 0.05")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """The bucket-balanced sampler: bucket b gets a share p(b) proportional to m_b * n_b ** alpha."""
+
+    alpha: float = 0.0
+    """0: every bucket equal (the paper's setting); 1: natural frequencies."""
+    multipliers: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Per-bucket multipliers m_b (bucket id -> factor, default 1); what a Tune sweep varies."""
+    seed: int = 0
+    mode: Literal["sampler", "loss_weights"] = "sampler"
+    """``sampler``: draw batches with p(b); ``loss_weights``: natural order, per-example weights p(b)/(n_b/N)."""
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if not 0 <= self.alpha <= 1:
+            out.append(f"{path}.alpha must be in [0, 1], got {self.alpha}; 0 = equal buckets, 1 = natural")
+        for key, value in self.multipliers.items():
+            if value < 0:
+                out.append(f"{path}.multipliers.{key} must be >= 0, got {value}")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray: an existing cluster (``address``) or a local instance started in-process."""
+
+    address: str = ""
+    """``auto`` or ``ray://host:10001`` for a cluster; empty: the RAY_ADDRESS variable, else a local instance."""
+    num_cpus: int = 0
+    """CPUs of a local instance (0: all of this machine's)."""
+    object_store_memory_mb: int = 0
+    """Object store of a local instance in MiB (0: Ray's default)."""
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if self.num_cpus < 0:
+            out.append(f"{path}.num_cpus must be >= 0, got {self.num_cpus}")
+        if self.object_store_memory_mb < 0:
+            out.append(f"{path}.object_store_memory_mb must be >= 0, got {self.object_store_memory_mb}")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PolyAlignConfig:
+    """The whole run. Each section mirrors a block of the YAML file."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    references: ReferencesConfig = dataclasses.field(default_factory=ReferencesConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def problems(self, path: str) -> list[str]:
+        return []
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Convert a YAML value to the annotated type, or record a problem naming ``path`` and return None."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, Mapping):
+            problems.append(f"{path} must be a mapping of keys, got {type(value).__name__} {value!r}")
+            return None
+        return _build(tp, value, path, problems)
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{path} must be one of {list(args)}, got {value!r}{hint}")
+            return None
+        return value
+    if origin in (types.UnionType, typing.Union):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None and len(non_none) < len(args):
+            return None
+        return _coerce(value, non_none[0], path, problems)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            value = [value]
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            problems.append(f"{path} must have {len(item_types)} items, got {len(value)}: {value!r}")
+            return None
+        return tuple(
+            _coerce(v, t, f"{path}[{i}]", problems)
+            for i, (v, t) in enumerate(zip(value, item_types, strict=True))
+        )
+    if origin in (Mapping, dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            problems.append(f"{path} must be a mapping, got {value!r}")
+            return None
+        key_t, val_t = args if args else (str, Any)
+        return {
+            _coerce(k, key_t, path, problems): _coerce(v, val_t, f"{path}.{k}", problems)
+            for k, v in value.items()
+        }
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{path} must be true or false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{path} must be an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{path} must be a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{path} must be a string, got {value!r}")
+        return None
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``data``, recording unknown keys (with a suggestion) and bad values."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = (
+                f"did you mean {(path + '.' if path else '') + close[0]!r}?" if close else f"known: {names}"
+            )
+            problems.append(f"unknown key {full!r}: {hint}")
+            continue
+        before = len(problems)
+        coerced = _coerce(value, hints[key], full, problems)
+        if len(problems) == before:
+            kwargs[key] = coerced
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - all fields have defaults
+        problems.append(f"{path or 'config'}: {exc}")
+        return None
+    problems.extend(obj.problems(path or cls.__name__))
+    return obj
+
+
+def config_from_dict(data: Mapping[str, Any], cls: type = PolyAlignConfig) -> Any:
+    """Build and validate a config; raise one :class:`ConfigError` listing every problem."""
+    problems: list[str] = []
+    config = _build(cls, data or {}, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict (lists instead of tuples) that :func:`config_from_dict` turns back into ``config``."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"sampler.alpha=0.5"`` -> (["sampler", "alpha"], 0.5); the value is parsed as YAML (lists, numbers)."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r} must look like section.key=value, e.g. sampler.alpha=0.5"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"override {text!r} has an empty key; write section.key=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def merge_override(data: dict[str, Any], keys: list[str], value: Any) -> dict[str, Any]:
+    """Return a copy of ``data`` with the dotted ``keys`` set to ``value`` (intermediate mappings created)."""
+    out = dict(data)
+    node = out
+    for key in keys[:-1]:
+        child = node.get(key)
+        child = dict(child) if isinstance(child, Mapping) else {}
+        node[key] = child
+        node = child
+    node[keys[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PolyAlignConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then dotted ``overrides``; validated as a whole."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                [f"config file {str(path)!r} does not exist; pass --config with an existing YAML"]
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"config file {str(path)!r} is not valid YAML: {exc}"]) from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError([f"config file {str(path)!r} must hold a mapping of sections, got {loaded!r}"])
+        data = dict(loaded or {})
+    problems: list[str] = []
+    for text in overrides:
+        try:
+            keys, value = parse_override(text)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        data = merge_override(data, keys, value)
+    if problems:
+        raise ConfigError(problems)
+    return config_from_dict(data)
+
+
+def default_config_path() -> Path:
+    """The YAML that mirrors the dataclass defaults (kept equal by a test)."""
+    return Path(__file__).parent / "configs" / "default.yaml"

@@ -1,0 +1,107 @@
+"""The data-plane stages as the CLI and the pipeline run them: ``prepare`` and ``references``.
+
+Each stage reads the previous stage's files and writes its own under the data directory, so stages can be run
+one by one (``polyalign prepare``, ``polyalign references``) or chained (``polyalign pipeline``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from polyalign_ray.bucket_report import bucket_rows, empty_buckets, render_bucket_table
+from polyalign_ray.config import PolyAlignConfig
+from polyalign_ray.corpus.builtin import builtin_corpus_rows
+from polyalign_ray.corpus.normalize import NormalizeSettings
+from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
+from polyalign_ray.corpus.readers import discover_read_units
+from polyalign_ray.features import features_as_matrix
+from polyalign_ray.references import build_references
+from polyalign_ray.schema import SPLITS
+
+log = logging.getLogger(__name__)
+
+
+def materialize_builtin_corpus(config: PolyAlignConfig) -> Path:
+    """Write the built-in bilingual corpus as an ordinary JSONL input under ``DATA_DIR/inputs/``."""
+    path = Path(config.data.output_dir) / "inputs" / "builtin_corpus.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = builtin_corpus_rows(max_per_bucket=config.data.builtin_max_per_bucket, seed=config.data.seed)
+    count = write_jsonl(path, rows)
+    log.info("built-in bilingual corpus: %d rows -> %s", count, path)
+    return path
+
+
+def run_prepare(config: PolyAlignConfig, *, engine: str = "ray") -> dict[str, Any]:
+    """``polyalign prepare``: inputs (or the built-in corpus) -> records, quarantine, duplicates, manifest."""
+    inputs = list(config.data.inputs) or [str(materialize_builtin_corpus(config))]
+    units = discover_read_units(inputs)
+    settings = NormalizeSettings.from_data_config(config.data)
+    log.info("prepare: %d input unit(s) -> %s (engine: %s)", len(units), config.data.output_dir, engine)
+    if engine == "ray":
+        from polyalign_ray.distributed.data import prepare_with_ray
+
+        manifest = prepare_with_ray(
+            units, settings, config.data.output_dir, max_row_chars=config.data.max_row_chars
+        )
+    else:
+        manifest = prepare_in_process(
+            units, settings, config.data.output_dir, max_row_chars=config.data.max_row_chars
+        )
+    log.info(
+        "prepare: read %d = kept %d + quarantined %d + duplicates %d (expanded %d)",
+        manifest["read"],
+        manifest["kept"],
+        manifest["quarantined"],
+        manifest["duplicates"],
+        manifest["expanded"],
+    )
+    return manifest
+
+
+def run_references(config: PolyAlignConfig) -> str:
+    """``polyalign references``: features of every record (Ray Data), per-bucket references from train only,
+    and the bucket table (returned, and written to ``DATA_DIR/buckets.md``)."""
+    from polyalign_ray.distributed.data import compute_features_with_ray
+
+    data_dir = Path(config.data.output_dir)
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: run `polyalign prepare` for {data_dir} first")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    table = compute_features_with_ray(data_dir, SPLITS)
+    (data_dir / "features").mkdir(exist_ok=True)
+    pq.write_table(table, data_dir / "features" / "features.parquet")
+    features = features_as_matrix(table)
+    buckets = table["bucket_id"].to_pylist()
+    splits = table["split"].to_pylist()
+    cfg = config.references
+    references = build_references(
+        features,
+        buckets,
+        splits,
+        quantile_levels=cfg.quantiles,
+        min_count=cfg.min_count,
+        band=cfg.band,
+        scale_floor=cfg.scale_floor,
+    )
+    references.save(data_dir / "references.json", resolutions=set(buckets))
+    train = np.asarray([s == "train" for s in splits])
+    train_buckets = [b for b, t in zip(buckets, train, strict=True) if t]
+    distances = references.distance(features[train], train_buckets)
+    mean_distance = {
+        b: float(distances[[i for i, tb in enumerate(train_buckets) if tb == b]].mean())
+        for b in set(train_buckets)
+    }
+    rows = bucket_rows(
+        manifest, buckets, splits, table["length_tokens"].to_pylist(), mean_distance, references
+    )
+    rendered = render_bucket_table(rows, empty_buckets(manifest))
+    (data_dir / "buckets.md").write_text("# Buckets\n\n" + rendered, encoding="utf-8")
+    log.info("references: %d nodes -> %s", len(references.counts), data_dir / "references.json")
+    return rendered

@@ -1,0 +1,100 @@
+"""The data plane on a real local Ray instance: Ray Data prepare equals the in-process engine, and the
+embedded-default pipeline (built-in corpus -> records -> references -> bucket table) runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polyalign_ray.cli import main
+from polyalign_ray.corpus.normalize import NormalizeSettings
+from polyalign_ray.corpus.prepare import prepare_in_process
+from polyalign_ray.corpus.readers import discover_read_units
+from polyalign_ray.corpus.tables import load_split
+from polyalign_ray.references import ReferenceSet
+from polyalign_ray.schema import SPLITS
+
+pytestmark = pytest.mark.ray
+
+ROWS = [
+    {"id": "a", "prompt": "What is the capital of France?", "response": "Paris."},
+    {
+        "id": "b",
+        "messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}],
+    },
+    {"id": "a-copy", "prompt": "What is the capital of France?", "response": "Paris."},
+    {"id": "a", "prompt": "Different content", "response": "same id as the first row"},
+    {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "Hello! How are you?"}]},
+    {"instruction": "Summarize", "input": "Cats sleep a lot.", "output": "Cats sleep."},
+]
+
+
+def write_input(path: Path) -> None:
+    lines = [json.dumps(r, ensure_ascii=False) for r in ROWS]
+    lines += [
+        "{broken",
+        "[1]",
+        '{"prompt": "x", "response": 3}',
+        '{"prompt": "Привет", "response": "Привет!"}',
+    ]
+    lines += [
+        json.dumps({"id": f"n{i}", "prompt": f"question {i}", "response": f"answer number {i}"})
+        for i in range(300)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def strip_timing(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("engine", "seconds")}
+
+
+def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> None:
+    from polyalign_ray.distributed.data import prepare_with_ray
+
+    source = tmp_path / "in.jsonl"
+    write_input(source)
+    units = discover_read_units([str(source)])
+    settings = NormalizeSettings(test_fraction=0.2)
+    local = prepare_in_process(units, settings, tmp_path / "local", max_row_chars=5000, show_progress=False)
+    distributed = prepare_with_ray(units, settings, tmp_path / "ray", max_row_chars=5000)
+    assert strip_timing(distributed) == strip_timing(local)
+    assert local["read"] == len(ROWS) + 4 + 300
+    assert (local["duplicates"], local["quarantine_reasons"]) == (
+        1,
+        {
+            "duplicate_id": 1,
+            "malformed_json": 1,
+            "non_string_response": 1,
+            "not_an_object": 1,
+            "unsupported_language": 1,
+        },
+    )
+    for split in SPLITS:
+        assert load_split(tmp_path / "ray", split).equals(load_split(tmp_path / "local", split)), split
+    for name in ("quarantine.jsonl", "duplicates.jsonl"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+
+
+def test_pipeline_on_the_builtin_corpus(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pipeline", "--output", str(tmp_path), "data.builtin_max_per_bucket=60"]) == 0
+    data = tmp_path / "data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert (
+        manifest["read"] + manifest["expanded"]
+        == manifest["kept"] + manifest["quarantined"] + manifest["duplicates"]
+    )
+    buckets = set(manifest["per_bucket"])
+    assert {b.split("|")[0] for b in buckets} == {"en", "zh"}
+    assert {b.split("|")[1] for b in buckets} == {"single", "multi"}
+    assert len({b.split("|")[2] for b in buckets}) >= 2
+    references = ReferenceSet.load(data / "references.json")
+    train = load_split(data, "train")
+    assert sum(references.counts[b] for b in buckets if b in references.counts) == train.num_rows
+    out = capsys.readouterr().out
+    assert "| bucket | train | val | test |" in out
+    assert "Empty buckets" in out
+    assert (data / "buckets.md").is_file()
