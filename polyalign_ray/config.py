@@ -127,6 +127,150 @@ class SamplerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters through peft: only the adapters train; they are saved separately and can be merged."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if self.r < 1:
+            out.append(f"{path}.r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            out.append(f"{path}.dropout must be in [0, 1), got {self.dropout}")
+        if self.enabled and not self.target_modules:
+            out.append(
+                f"{path}.target_modules is empty: name the linear layers to adapt, e.g. [q_proj, v_proj]"
+            )
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The policy: an HF model name or local path, or the built-in small model built from a config (no download)."""
+
+    name_or_path: str = ""
+    """HF model name or local folder; empty: the built-in small Qwen2-architecture model and a byte-level BPE
+    tokenizer trained in-process on the corpus."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 on GPUs (and CPUs with fast bf16); never float16 on CPU."""
+    max_length: int = 512
+    """Tokens per example (prompt + response); longer prompts are cut from the left, then responses from the right."""
+    profile_conditioning: bool = False
+    """Put the bucket attributes (language, track, family, length) in the system prompt."""
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    builtin_hidden_size: int = 128
+    builtin_layers: int = 2
+    builtin_heads: int = 4
+    builtin_kv_heads: int = 2
+    builtin_intermediate_size: int = 512
+    builtin_vocab_size: int = 4096
+    builtin_seed: int = 0
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if self.max_length < 16:
+            out.append(f"{path}.max_length must be >= 16, got {self.max_length}")
+        for key in ("builtin_hidden_size", "builtin_layers", "builtin_heads", "builtin_kv_heads"):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.builtin_heads >= 1 and self.builtin_hidden_size % self.builtin_heads:
+            out.append(
+                f"{path}.builtin_hidden_size ({self.builtin_hidden_size}) must be divisible by "
+                f"{path}.builtin_heads ({self.builtin_heads})"
+            )
+        if self.builtin_kv_heads >= 1 and self.builtin_heads % self.builtin_kv_heads:
+            out.append(f"{path}.builtin_heads must be a multiple of {path}.builtin_kv_heads")
+        if self.builtin_vocab_size < 300:
+            out.append(
+                f"{path}.builtin_vocab_size must be >= 300 (256 bytes + special tokens), got {self.builtin_vocab_size}"
+            )
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """``polyalign sft``: Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers."""
+
+    output_dir: str = "runs/demo/sft"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    """Ray CPUs reserved per worker; below 1 so Ray Data keeps a CPU on small machines (CPU_NOTES.md)."""
+    torch_threads: int = 1
+    """torch intra-op threads per worker on CPU (0: torch's default)."""
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    deepspeed_config: str = ""
+    """Path to a DeepSpeed JSON whose keys override the generated config."""
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    max_steps: int = 0
+    """Optimizer steps; 0: ``epochs`` passes over the train split's size."""
+    epochs: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    loss_normalization: Literal["example", "token"] = "example"
+    """``example``: mean over examples of each example's token-mean NLL (METHOD.md); ``token``: sum over all
+    response tokens / the token count all-reduced over ranks and accumulation steps."""
+    train_history_turns: bool = False
+    """Also train on the assistant turns of the history (not only the response)."""
+    log_every: int = 5
+    checkpoint_every: int = 0
+    """Optimizer steps between checkpoints (0: only the final one)."""
+    keep_checkpoints: int = 2
+    seed: int = 0
+    max_failures: int = 1
+    """Worker-group restarts Ray Train may do, each resuming from the latest checkpoint."""
+    fail_at_step: int = 0
+    """Testing hook: rank 1 exits abruptly once at this step (0: never)."""
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        if self.num_workers < 1:
+            out.append(f"{path}.num_workers must be >= 1, got {self.num_workers}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            out.append(f"{path}.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        for key in ("micro_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in (
+            "max_steps",
+            "checkpoint_every",
+            "warmup_steps",
+            "max_failures",
+            "fail_at_step",
+            "torch_threads",
+        ):
+            if getattr(self, key) < 0:
+                out.append(f"{path}.{key} must be >= 0, got {getattr(self, key)}")
+        if self.epochs <= 0:
+            out.append(f"{path}.epochs must be > 0, got {self.epochs}")
+        if self.lr <= 0:
+            out.append(f"{path}.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            out.append(f"{path}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_grad_norm < 0:
+            out.append(f"{path}.max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        if self.cpus_per_worker < 0:
+            out.append(f"{path}.cpus_per_worker must be >= 0, got {self.cpus_per_worker}")
+        if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
+            out.append(f"{path}.deepspeed_config {self.deepspeed_config!r} is not a file")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an existing cluster (``address``) or a local instance started in-process."""
 
@@ -153,6 +297,8 @@ class PolyAlignConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     references: ReferencesConfig = dataclasses.field(default_factory=ReferencesConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def problems(self, path: str) -> list[str]:

@@ -51,8 +51,10 @@ _SENTENCE_END = regex.compile(
     r"(?<!^[ \t]*\d{1,3})[.!?。！？…]+[\"'”’）)]*(?=\s|$)|[。！？]+|\n+", flags=regex.M
 )
 _PUNCT = regex.compile(r"[\p{P}\p{S}]")
+# A list item: a bullet or "N." / "N)" followed by whitespace (so "3.14", "-5" or "**bold**" are not items), or a
+# CJK enumerator ("一、", "（2）") which needs no space after it.
 _LIST_MARKER = regex.compile(
-    r"(?m)^\s*(?:[-*•·]|\d{1,3}[.)、]|[（(]?\d{1,3}[)）]|[一二三四五六七八九十]+[、.])\s*\S"
+    r"(?m)^[ \t]*(?:(?:[-*•·]|\d{1,3}[.)])[ \t]+\S|(?:\d{1,3}、|[（(]\d{1,3}[)）]|[一二三四五六七八九十]+[、.])[ \t]*\S)"
 )
 _CODE_FENCE = regex.compile(r"```")
 _INLINE_CODE = regex.compile(r"`[^`\n]+`")

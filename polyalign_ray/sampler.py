@@ -30,6 +30,11 @@ def bucket_shares(
         raise ValueError(
             f"sampler.multipliers names buckets with no training data: {unknown}; known: {sorted(bucket_sizes)}"
         )
+    negative = {b: m for b, m in multipliers.items() if m < 0}
+    if negative:
+        raise ValueError(
+            f"sampler.multipliers must be >= 0 (a negative share is gradient ascent): {negative}"
+        )
     mass = {b: multipliers.get(b, 1.0) * float(n) ** alpha for b, n in sorted(bucket_sizes.items()) if n > 0}
     total = sum(mass.values())
     if total <= 0:

@@ -1,0 +1,287 @@
+"""The Bucket-Aware SFT loop (METHOD.md section 3), readable top to bottom.
+
+Each optimizer step: the bucket-balanced sampler gives this rank its ``micro_batch_size * grad_accum_steps``
+examples (every rank computes the same global draw and keeps its slice, so all ranks take the same number of
+steps); the denominator of the step's loss is fixed first (examples, or response tokens all-reduced over ranks);
+then each micro-batch's forward, weighted loss and backward; then one optimizer step; then metrics summed over
+ranks. Checkpoints hold the strategy state (model, optimizer, scheduler), the sampler position and a
+``from_pretrained``-loadable model folder, so a resumed run continues with the same batches and the same losses.
+
+The loop knows nothing of Ray or DeepSpeed: it is handed a :class:`~polyalign_ray.loops.strategy.Strategy` and a
+:class:`Checkpointer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from polyalign_ray.config import SamplerConfig, SFTConfig
+from polyalign_ray.loops.strategy import Strategy
+from polyalign_ray.losses import response_nll, weighted_sft_loss
+from polyalign_ray.sampler import BucketBalancedSampler, bucket_loss_weights
+from polyalign_ray.sft_data import SFTExamples, collate
+
+STATE_FILE = "state.json"
+
+
+def total_optimizer_steps(sft: SFTConfig, num_examples: int, world_size: int) -> int:
+    """``sft.max_steps``, or ``sft.epochs`` passes of the train split at the global batch size."""
+    if sft.max_steps:
+        return sft.max_steps
+    global_batch = sft.micro_batch_size * sft.grad_accum_steps * world_size
+    return max(1, math.ceil(sft.epochs * num_examples / global_batch))
+
+
+class Checkpointer(Protocol):
+    """Where checkpoints go: a folder per step locally, or Ray Train's reported checkpoints."""
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        """Call ``write(directory)`` on every rank, then make the directory the latest checkpoint."""
+
+
+class LocalCheckpointer:
+    """``OUTDIR/checkpoints/step_000042/``, keeping the newest ``keep`` of them."""
+
+    def __init__(self, root: Path, keep: int, rank: int = 0):
+        self.root = root
+        self.keep = keep
+        self.rank = rank
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        directory = self.root / f"step_{step:06d}"
+        write(directory)
+        if self.rank == 0:
+            for old in sorted(self.root.glob("step_*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def latest(self) -> Path | None:
+        found = sorted(p for p in self.root.glob("step_*") if (p / STATE_FILE).is_file())
+        return found[-1] if found else None
+
+
+@dataclasses.dataclass
+class WindowStats:
+    """Sums over the steps since the last log line."""
+
+    steps: int = 0
+    loss: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
+    bucket_counts: torch.Tensor | None = None
+    bucket_nll: torch.Tensor | None = None
+
+
+def _write_metrics_line(path: Path, line: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be written again)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _maybe_fail(sft: SFTConfig, step: int, rank: int, world_size: int, output_dir: Path) -> None:
+    """Testing hook: the last rank exits abruptly, once, at ``sft.fail_at_step``."""
+    marker = output_dir / f".failed_at_step_{step}"
+    if sft.fail_at_step == step and rank == world_size - 1 and not marker.exists():
+        marker.touch()
+        os._exit(1)
+
+
+def run_sft(
+    strategy: Strategy,
+    examples: SFTExamples,
+    tokenizer: Any,
+    *,
+    sft: SFTConfig,
+    sampler_config: SamplerConfig,
+    output_dir: Path,
+    checkpointer: Checkpointer,
+    resume_from: Path | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train; returns the summary (also written to ``output_dir/summary.json`` by rank 0)."""
+    rank, world = strategy.rank, strategy.world_size
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / "metrics.jsonl"
+    sizes = examples.sizes()
+    total_steps = total_optimizer_steps(sft, sum(sizes.values()), world)
+    balanced = sampler_config.mode == "sampler"
+    sampler = BucketBalancedSampler(
+        sizes,
+        batch_size=sft.micro_batch_size * sft.grad_accum_steps,
+        alpha=sampler_config.alpha if balanced else 1.0,
+        multipliers=sampler_config.multipliers if balanced else None,
+        seed=sampler_config.seed,
+        world_size=world,
+        rank=rank,
+        num_steps=total_steps,
+    )
+    weight_of = (
+        dict.fromkeys(sizes, 1.0)
+        if balanced
+        else bucket_loss_weights(sizes, sampler_config.alpha, sampler_config.multipliers)
+    )
+    bucket_index = {b: i for i, b in enumerate(sampler.buckets)}
+    pad_id = tokenizer.pad_token_id
+
+    if resume_from is not None:
+        state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
+        strategy.load(resume_from / "strategy")
+        sampler.load_state_dict(state["sampler"])
+        cumulative = torch.tensor(state["bucket_counts_vector"], dtype=torch.float64)
+        if rank == 0:
+            _truncate_metrics(metrics_path, sampler.step)
+    else:
+        cumulative = torch.zeros(len(sampler.buckets), dtype=torch.float64)
+        if rank == 0 and metrics_path.exists():
+            metrics_path.unlink()
+    first_step = sampler.step
+    window = WindowStats()
+    history: list[float] = []
+    start = time.perf_counter()
+    tokens_seen = 0.0
+    strategy.model.train()
+
+    while sampler.step < total_steps:
+        step_start = time.perf_counter()
+        draws = sampler.next_batch()
+        micro_draws = [
+            draws[i * sft.micro_batch_size : (i + 1) * sft.micro_batch_size]
+            for i in range(sft.grad_accum_steps)
+        ]
+        batches = [collate(examples.take(m), pad_id) for m in micro_draws]
+        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        if sft.loss_normalization == "token":
+            denominator = float(
+                strategy.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64))[0]
+            )
+        else:
+            denominator = float(sft.micro_batch_size * sft.grad_accum_steps * world)
+
+        step_loss = 0.0
+        bucket_counts = torch.zeros(len(sampler.buckets), dtype=torch.float64)
+        bucket_nll = torch.zeros(len(sampler.buckets), dtype=torch.float64)
+        for micro, batch in zip(micro_draws, batches, strict=True):
+            batch = {k: v.to(strategy.device) for k, v in batch.items()}
+            logits = strategy.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            nll_sum, n_tokens = response_nll(logits, batch["labels"])
+            weights = torch.tensor([weight_of[b] for b, _ in micro], device=nll_sum.device)
+            loss = weighted_sft_loss(
+                nll_sum, n_tokens, weights, normalization=sft.loss_normalization, denominator=denominator
+            )
+            strategy.backward(loss)
+            step_loss += float(loss.detach())
+            per_example = (nll_sum.detach() / n_tokens.clamp(min=1)).double().cpu()
+            for (bucket, _), value in zip(micro, per_example, strict=True):
+                bucket_counts[bucket_index[bucket]] += 1
+                bucket_nll[bucket_index[bucket]] += value
+        grad_norm = strategy.optimizer_step()
+        step = sampler.step
+        _maybe_fail(sft, step, rank, world, output_dir)
+
+        reduced = strategy.all_reduce_sum(
+            torch.cat(
+                [
+                    torch.tensor([step_loss, float(local_tokens)], dtype=torch.float64),
+                    bucket_counts,
+                    bucket_nll,
+                ]
+            )
+        )
+        global_loss, global_tokens = float(reduced[0]), float(reduced[1])
+        counts, nll = reduced[2 : 2 + len(bucket_counts)], reduced[2 + len(bucket_counts) :]
+        cumulative += counts
+        tokens_seen += global_tokens
+        history.append(global_loss)
+        window.steps += 1
+        window.loss += global_loss
+        window.tokens += global_tokens
+        window.seconds += time.perf_counter() - step_start
+        window.bucket_counts = counts if window.bucket_counts is None else window.bucket_counts + counts
+        window.bucket_nll = nll if window.bucket_nll is None else window.bucket_nll + nll
+
+        if step % sft.log_every == 0 or step == total_steps:
+            line = {
+                "step": step,
+                "loss": window.loss / window.steps,
+                "last_loss": global_loss,
+                "lr": strategy.current_lr(),
+                "grad_norm": grad_norm,
+                "tokens": window.tokens,
+                "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
+                "step_seconds": window.seconds / window.steps,
+                "bucket_counts": {b: int(cumulative[i]) for b, i in bucket_index.items()},
+                "bucket_loss": {
+                    b: float(window.bucket_nll[i] / window.bucket_counts[i])
+                    for b, i in bucket_index.items()
+                    if window.bucket_counts[i] > 0
+                },
+            }
+            if rank == 0:
+                _write_metrics_line(metrics_path, line)
+            if on_log is not None:
+                on_log(line)
+            window = WindowStats()
+
+        if (sft.checkpoint_every and step % sft.checkpoint_every == 0) or step == total_steps:
+            state = {
+                "step": step,
+                "total_steps": total_steps,
+                "sampler": sampler.state_dict(),
+                "bucket_counts_vector": cumulative.tolist(),
+                "buckets": sampler.buckets,
+            }
+
+            def write(directory: Path, state: dict[str, Any] = state) -> None:
+                strategy.save(directory / "strategy")
+                strategy.export(directory / "model", tokenizer, final=False)
+                if rank == 0:
+                    (directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+            checkpointer.save(step, {"step": step, "loss": global_loss}, write)
+
+    strategy.export(output_dir / "final", tokenizer, final=True)
+    wall = time.perf_counter() - start
+    summary = {
+        "steps": total_steps,
+        "resumed_from_step": first_step,
+        "world_size": world,
+        "first_loss": history[0] if history else None,
+        "final_loss": history[-1] if history else None,
+        "losses": history,
+        "tokens_seen": tokens_seen,
+        "tokens_per_s": tokens_seen / max(wall, 1e-9),
+        "wall_s": wall,
+        "bucket_counts": {b: int(cumulative[i]) for b, i in bucket_index.items()},
+        "bucket_shares_target": sampler.shares
+        if balanced
+        else {b: n / sum(sizes.values()) for b, n in sizes.items()},
+        "loss_weights": weight_of,
+        "final_model": str(output_dir / "final"),
+    }
+    if rank == 0:
+        (output_dir / "summary.json").write_text(
+            json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+    return summary

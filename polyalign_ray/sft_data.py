@@ -1,0 +1,126 @@
+"""Training examples for Bucket-Aware SFT: records -> token ids and labels (tokenized once, by Ray Data tasks on a
+cluster), kept per bucket on each worker, and drawn by the bucket-balanced sampler.
+
+Labels are -100 on everything the model must not be trained to produce: the prompt, the padding, and (unless
+``train_history_turns``) the earlier turns. With ``train_history_turns`` the assistant turns of the history are
+trained too, each rendered exactly as the prompt renderer renders that prefix of the conversation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from polyalign_ray.losses import IGNORE_INDEX
+from polyalign_ray.prompting import encode_prompt_response, render_prompt
+from polyalign_ray.sampler import bucket_row_indices
+
+TOKENIZED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("bucket_id", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+    ]
+)
+
+
+def example_ids_and_labels(
+    tokenizer: Any, record: Mapping[str, Any], *, max_length: int, profile_conditioning: bool
+) -> tuple[list[int], list[int]]:
+    """Token ids of a record's prompt + response, and labels that train only the response tokens."""
+    prompt_text = render_prompt(tokenizer, record, profile_conditioning=profile_conditioning)
+    ids, response_start = encode_prompt_response(
+        tokenizer, prompt_text, str(record["response"]), max_length=max_length
+    )
+    return ids, [IGNORE_INDEX] * response_start + ids[response_start:]
+
+
+def history_turn_examples(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The earlier assistant turns of a record as records of their own (same bucket attributes), for
+    ``train_history_turns``: each answers the user turn before it, with the turns before that as history."""
+    history = list(record.get("history") or [])
+    out = []
+    for i, turn in enumerate(history):
+        if turn["role"] == "assistant" and i > 0 and history[i - 1]["role"] == "user":
+            out.append(
+                {
+                    **record,
+                    "prompt": history[i - 1]["content"],
+                    "context": "",
+                    "history": history[: i - 1],
+                    "response": turn["content"],
+                }
+            )
+    return out
+
+
+def tokenize_records(
+    records: pa.Table,
+    tokenizer: Any,
+    *,
+    max_length: int,
+    profile_conditioning: bool,
+    train_history_turns: bool = False,
+) -> pa.Table:
+    """Records -> :data:`TOKENIZED_SCHEMA` rows (one per record, plus one per earlier assistant turn when
+    ``train_history_turns``)."""
+    out: dict[str, list] = {"id": [], "bucket_id": [], "input_ids": [], "labels": []}
+    for record in records.to_pylist():
+        examples = [record, *(history_turn_examples(record) if train_history_turns else [])]
+        for k, example in enumerate(examples):
+            ids, labels = example_ids_and_labels(
+                tokenizer, example, max_length=max_length, profile_conditioning=profile_conditioning
+            )
+            out["id"].append(record["id"] if k == 0 else f"{record['id']}#h{k}")
+            out["bucket_id"].append(record["bucket_id"])
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+    return pa.Table.from_pydict(out, schema=TOKENIZED_SCHEMA)
+
+
+@dataclasses.dataclass
+class SFTExamples:
+    """Tokenized examples grouped by bucket, in a deterministic order (sorted by id), for index-based sampling."""
+
+    buckets: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> SFTExamples:
+        table = table.sort_by("id")
+        ids = table["input_ids"].to_pylist()
+        labels = table["labels"].to_pylist()
+        rows = bucket_row_indices(table["bucket_id"].to_pylist())
+        return cls(
+            {
+                bucket: [
+                    (np.asarray(ids[i], dtype=np.int64), np.asarray(labels[i], dtype=np.int64))
+                    for i in indices
+                ]
+                for bucket, indices in rows.items()
+            }
+        )
+
+    def sizes(self) -> dict[str, int]:
+        return {b: len(v) for b, v in self.buckets.items()}
+
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.buckets[b][i] for b, i in draws]
+
+
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of the micro-batch (not to max_length: padding is wasted compute)."""
+    longest = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.from_numpy(ids)
+        labels[row, : len(labs)] = torch.from_numpy(labs)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
