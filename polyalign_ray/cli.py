@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     references.add_argument("--data", help="data directory written by prepare (data.output_dir)")
     _add_common(references)
 
+    sft = sub.add_parser("sft", help="Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers")
+    sft.add_argument("--data", help="data directory written by prepare (data.output_dir)")
+    sft.add_argument("--output", help="SFT output directory (sft.output_dir)")
+    sft.add_argument("--resume-from", default="", help="a checkpoint folder to continue from")
+    _add_common(sft)
+
     pipeline = sub.add_parser("pipeline", help="the whole chain; with no arguments, the embedded default")
     pipeline.add_argument("--output", help="run directory (default runs/demo)")
     _add_common(pipeline)
@@ -88,8 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "references":
             config = _config(args, [f"data.output_dir={args.data}"] if args.data else [])
             return _run_references(config)
+        if args.command == "sft":
+            extra = [f"data.output_dir={args.data}"] if args.data else []
+            extra += [f"sft.output_dir={args.output}"] if args.output else []
+            return _run_sft(_config(args, extra), args.resume_from)
         if args.command == "pipeline":
-            extra = [f"data.output_dir={os.path.join(args.output, 'data')}"] if args.output else []
+            extra = (
+                [
+                    f"data.output_dir={os.path.join(args.output, 'data')}",
+                    f"sft.output_dir={os.path.join(args.output, 'sft')}",
+                ]
+                if args.output
+                else []
+            )
             config = _config(args, extra)
             return _run_pipeline(config)
         if args.command == "config":
@@ -130,15 +147,29 @@ def _run_references(config: PolyAlignConfig) -> int:
     return 0
 
 
+def _run_sft(config: PolyAlignConfig, resume_from: str) -> int:
+    from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.distributed.stages import run_sft_stage
+
+    with ray_runtime(config.ray):
+        run_sft_stage(config, resume_from=resume_from)
+    return 0
+
+
 def _run_pipeline(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_prepare, run_references
+    from polyalign_ray.distributed.stages import run_prepare, run_references, run_sft_stage
 
     with ray_runtime(config.ray):
         run_prepare(config, engine="ray")
         table = run_references(config)
-    print("\n" + table)
-    print(f"Records, quarantine, manifest and references are in {config.data.output_dir}/")
+        print("\n" + table)
+        summary = run_sft_stage(config)
+    print(f"Records, quarantine, manifest and references: {config.data.output_dir}/")
+    print(
+        f"Bucket-Aware SFT: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
+        f"metrics in {config.sft.output_dir}/metrics.jsonl, model in {summary['final_model']}"
+    )
     return 0
 
 

@@ -60,7 +60,7 @@ def train_builtin_tokenizer(texts: Iterable[str], vocab_size: int, max_length: i
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
         padding_side="right",
-        model_max_length=max_length,
+        model_max_length=1_000_000,  # truncation is ours (prompting.encode_prompt_response), not the tokenizer's
     )
     wrapped.chat_template = CHATML_TEMPLATE
     return wrapped

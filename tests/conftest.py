@@ -16,6 +16,8 @@ for _key, _value in {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     # gloo and Ray bind to loopback only (CPU_NOTES.md), so tests never use another address of the machine.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Ray Train's controller polls workers every 2 s by default; reports and failure detection wait on it.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -30,6 +30,10 @@ def ray_runtime(config: RayConfig) -> Iterator[None]:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
+        # A local instance talks over loopback only (gloo otherwise picks the machine's external address).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray Train's controller polls its workers every 2 s by default; each checkpoint report waits for it.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         kwargs = {"include_dashboard": False, "log_to_driver": True}
         if config.num_cpus:
             kwargs["num_cpus"] = config.num_cpus

@@ -20,7 +20,9 @@ from polyalign_ray.corpus.builtin import builtin_corpus_rows
 from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
 from polyalign_ray.corpus.readers import discover_read_units
+from polyalign_ray.corpus.tables import load_split
 from polyalign_ray.features import features_as_matrix
+from polyalign_ray.models import write_builtin_base_model
 from polyalign_ray.references import build_references
 from polyalign_ray.schema import SPLITS
 
@@ -105,3 +107,38 @@ def run_references(config: PolyAlignConfig) -> str:
     (data_dir / "buckets.md").write_text("# Buckets\n\n" + rendered, encoding="utf-8")
     log.info("references: %d nodes -> %s", len(references.counts), data_dir / "references.json")
     return rendered
+
+
+def corpus_texts(data_dir: Path) -> list[str]:
+    """Every text of the train split (prompts, contexts, history turns, responses): what the built-in tokenizer is
+    trained on."""
+    table = load_split(data_dir, "train")
+    texts = [*table["prompt"].to_pylist(), *table["response"].to_pylist(), *table["context"].to_pylist()]
+    texts += [turn["content"] for history in table["history"].to_pylist() for turn in history or []]
+    return [t for t in texts if t]
+
+
+def ensure_base_model(config: PolyAlignConfig) -> str:
+    """The policy's starting point: ``model.name_or_path``, or the built-in model written once to
+    ``DATA_DIR/base_model`` (its tokenizer is trained on the train split, so it belongs with the data)."""
+    if config.model.name_or_path:
+        return config.model.name_or_path
+    data_dir = Path(config.data.output_dir)
+    return str(write_builtin_base_model(config.model, corpus_texts(data_dir), data_dir / "base_model"))
+
+
+def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "") -> dict[str, Any]:
+    """``polyalign sft``: Bucket-Aware SFT on Ray Train + DeepSpeed; returns the summary."""
+    from polyalign_ray.distributed.train import run_sft_with_ray
+
+    model_path = ensure_base_model(config)
+    summary = run_sft_with_ray(config, model_path, resume_from=resume_from)
+    log.info(
+        "sft: %d steps, loss %.3f -> %.3f, %.0f tokens/s; model in %s",
+        summary["steps"],
+        summary["first_loss"] or float("nan"),
+        summary["final_loss"] or float("nan"),
+        summary["tokens_per_s"],
+        summary["final_model"],
+    )
+    return summary
