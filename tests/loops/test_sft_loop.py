@@ -162,3 +162,32 @@ def test_alpha_zero_balances_buckets_and_alpha_one_follows_frequencies(tiny_mode
         # binomial std of a share p over 480 draws is at most 0.023; allow 4 sigma
         assert equal["bucket_counts"][bucket] / draws == pytest.approx(1 / len(sizes), abs=0.09)
         assert natural["bucket_counts"][bucket] / draws == pytest.approx(size / n, abs=0.09)
+
+
+def test_lora_trains_only_adapters_and_exports_merged_and_adapter(
+    tiny_model, tiny_tokenizer, tmp_path
+) -> None:
+    from peft import PeftModel
+
+    from polyalign_ray.config import LoraConfig
+    from polyalign_ray.models import apply_lora, builtin_model
+
+    base = copy.deepcopy(tiny_model)
+    lora = apply_lora(tiny_model, LoraConfig(enabled=True, r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    sft = SFTConfig(micro_batch_size=8, max_steps=8, lr=1e-2, warmup_steps=0)
+    summary, _ = train(lora, tiny_tokenizer, sft, tmp_path)
+    assert (tmp_path / "final" / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    changed = [
+        name
+        for (name, p), q in zip(merged.named_parameters(), base.parameters(), strict=True)
+        if not torch.equal(p, q)
+    ]
+    # frozen weights are untouched: only the adapted projections differ from the base, by the merged adapters
+    assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)
+    reloaded = PeftModel.from_pretrained(builtin_model(TINY, tiny_tokenizer), tmp_path / "final" / "adapter")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.allclose(reloaded(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+    assert summary["steps"] == 8

@@ -87,3 +87,15 @@ def test_cli_rejects_a_bad_config_before_any_ray_work(capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "data.max_row_chars must be > 0" in err
     assert "did you mean 'sampler.alpha'" in err
+
+
+def test_sft_bad_config_fails_before_ray(capsys: pytest.CaptureFixture[str]) -> None:
+    """ZeRO stage 5, batch size 0 and an unknown key: exit 2, every key named, no Ray started."""
+    assert main(["sft", "sft.zero_stage=5", "sft.micro_batch_size=0", "sft.nm_workers=2"]) == 2
+    err = capsys.readouterr().err
+    assert "sft.zero_stage must be 0, 1, 2 or 3, got 5" in err
+    assert "sft.micro_batch_size must be >= 1, got 0" in err
+    assert "did you mean 'sft.num_workers'" in err
+    import ray
+
+    assert not ray.is_initialized()
