@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume-from", default="", help="a checkpoint folder to continue from")
     _add_common(sft)
 
+    critic = sub.add_parser("critic", help="train the critic on human and SFT answers (with quality gates)")
+    critic.add_argument("--data", help="data directory (data.output_dir)")
+    critic.add_argument("--output", help="critic bundle directory (critic.output_dir)")
+    _add_common(critic)
+
+    score = sub.add_parser("score", help="critic distances for a file of (response, bucket_id) rows")
+    score.add_argument("--critic", required=True, help="critic bundle directory")
+    score.add_argument(
+        "--input", required=True, help="JSONL/JSON/Parquet rows with response (or text) and bucket_id"
+    )
+    score.add_argument("--output", required=True, help="JSONL to write, each row with critic_distance added")
+    _add_common(score)
+
     pipeline = sub.add_parser("pipeline", help="the whole chain; with no arguments, the embedded default")
     pipeline.add_argument("--output", help="run directory (default runs/demo)")
     _add_common(pipeline)
@@ -98,15 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = [f"data.output_dir={args.data}"] if args.data else []
             extra += [f"sft.output_dir={args.output}"] if args.output else []
             return _run_sft(_config(args, extra), args.resume_from)
+        if args.command == "critic":
+            extra = [f"data.output_dir={args.data}"] if args.data else []
+            extra += [f"critic.output_dir={args.output}"] if args.output else []
+            return _run_critic(_config(args, extra))
+        if args.command == "score":
+            return _run_score(_config(args), args.critic, args.input, args.output)
         if args.command == "pipeline":
-            extra = (
-                [
-                    f"data.output_dir={os.path.join(args.output, 'data')}",
-                    f"sft.output_dir={os.path.join(args.output, 'sft')}",
-                ]
-                if args.output
-                else []
-            )
+            stages = ("data", "sft", "critic")
+            extra = [f"{s}.output_dir={os.path.join(args.output, s)}" for s in stages] if args.output else []
             config = _config(args, extra)
             return _run_pipeline(config)
         if args.command == "config":
@@ -156,19 +169,48 @@ def _run_sft(config: PolyAlignConfig, resume_from: str) -> int:
     return 0
 
 
+def _run_critic(config: PolyAlignConfig) -> int:
+    from polyalign_ray.critic.train import CriticQualityError
+    from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.distributed.stages import run_critic_stage
+
+    with ray_runtime(config.ray):
+        try:
+            run_critic_stage(config)
+        except CriticQualityError as exc:
+            print(f"polyalign: {exc}", file=sys.stderr)
+            return 3
+    return 0
+
+
+def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output_path: str) -> int:
+    from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.distributed.stages import run_score
+
+    with ray_runtime(config.ray):
+        count = run_score(config, critic_dir, input_path, output_path)
+    print(f"scored {count} rows -> {output_path}")
+    return 0
+
+
 def _run_pipeline(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_prepare, run_references, run_sft_stage
+    from polyalign_ray.distributed.stages import run_critic_stage, run_prepare, run_references, run_sft_stage
 
     with ray_runtime(config.ray):
         run_prepare(config, engine="ray")
         table = run_references(config)
         print("\n" + table)
         summary = run_sft_stage(config)
+        critic = run_critic_stage(config)
     print(f"Records, quarantine, manifest and references: {config.data.output_dir}/")
     print(
         f"Bucket-Aware SFT: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
         f"metrics in {config.sft.output_dir}/metrics.jsonl, model in {summary['final_model']}"
+    )
+    print(
+        f"Critic: held-out Spearman {critic['heldout_spearman']:.3f}, human<SFT ranking accuracy "
+        f"{critic['heldout_ranking_accuracy_human_below_model']:.3f}; bundle in {config.critic.output_dir}/"
     )
     return 0
 

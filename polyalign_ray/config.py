@@ -271,6 +271,99 @@ class SFTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding for rollouts, critic training samples and evaluation (the prompt renderer is shared)."""
+
+    max_new_tokens: int = 96
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 0.95
+    batch_size: int = 16
+    seed: int = 0
+    num_workers: int = 1
+    """Ray Data generation actors (each holds one copy of the policy)."""
+    use_gpu: bool = False
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        for key in ("max_new_tokens", "batch_size", "num_workers"):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.temperature <= 0:
+            out.append(
+                f"{path}.temperature must be > 0 (use do_sample=false for greedy), got {self.temperature}"
+            )
+        if not 0 < self.top_p <= 1:
+            out.append(f"{path}.top_p must be in (0, 1], got {self.top_p}")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticConfig:
+    """``polyalign critic``: the learned estimate of the distance to human support (METHOD.md section 4)."""
+
+    output_dir: str = "runs/demo/critic"
+    policy: str = ""
+    """Model whose samples are the critic's model answers; empty: the SFT output (``sft.output_dir/final``)."""
+    encoder: Literal["hashed_ngrams", "frozen_lm"] = "hashed_ngrams"
+    """hashed_ngrams: character 1-3-grams and words hashed into learned embeddings (bilingual, no model);
+    frozen_lm: mean-pooled hidden states of ``critic.encoder_model`` (default: the policy)."""
+    encoder_model: str = ""
+    use_features: bool = True
+    """Also feed the standardized hand features (features.py) to the MLP."""
+    hash_buckets: int = 65_536
+    embedding_dim: int = 64
+    bucket_embedding_dim: int = 16
+    hidden_dim: int = 128
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    huber_delta: float = 1.0
+    rank_weight: float = 0.5
+    rank_margin: float = 0.1
+    samples_per_prompt: int = 1
+    max_prompts: int = 0
+    """Train prompts to sample model answers for (0: all)."""
+    min_spearman: float = 0.3
+    """Training fails below this held-out Spearman correlation (METHOD.md: a collapsed critic is an error)."""
+    min_prediction_std_ratio: float = 0.05
+    """Training fails when std(predictions) < this x std(targets) on held-out data (a collapse to a constant)."""
+    seed: int = 0
+    num_actors: int = 2
+    """Actors of the scoring pool."""
+    max_in_flight: int = 8
+    """Batches submitted to the pool and not yet collected (backpressure beyond this)."""
+    actor_num_cpus: float = 0.0
+    actor_num_gpus: float = 0.0
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        for key in (
+            "hash_buckets",
+            "embedding_dim",
+            "bucket_embedding_dim",
+            "hidden_dim",
+            "epochs",
+            "batch_size",
+        ):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("samples_per_prompt", "num_actors", "max_in_flight"):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            out.append(f"{path}.lr must be > 0, got {self.lr}")
+        if self.max_prompts < 0:
+            out.append(f"{path}.max_prompts must be >= 0, got {self.max_prompts}")
+        if not -1 <= self.min_spearman <= 1:
+            out.append(f"{path}.min_spearman must be in [-1, 1], got {self.min_spearman}")
+        if self.actor_num_cpus < 0 or self.actor_num_gpus < 0:
+            out.append(f"{path}.actor_num_cpus and actor_num_gpus must be >= 0")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an existing cluster (``address``) or a local instance started in-process."""
 
@@ -299,6 +392,8 @@ class PolyAlignConfig:
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def problems(self, path: str) -> list[str]:

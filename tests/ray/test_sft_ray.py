@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from polyalign_ray.config import load_config
-from polyalign_ray.distributed.stages import run_prepare, run_sft_stage
+from polyalign_ray.distributed.stages import run_prepare, run_references, run_sft_stage
 
 pytestmark = pytest.mark.ray
 
@@ -24,10 +24,11 @@ TINY_MODEL = [
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
+def data_dir(ray_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sftdata") / "data"
     config = load_config(None, [f"data.output_dir={out}", "data.builtin_max_per_bucket=15"])
     run_prepare(config, engine="local")
+    run_references(config)
     return out
 
 
@@ -92,3 +93,35 @@ def test_two_ranks_equal_one_rank_with_the_global_batch(ray_session, data_dir, z
         sft_config(data_dir, tmp_path, "sft.num_workers=1", "sft.micro_batch_size=4", "sft.zero_stage=0")
     )
     assert losses(tmp_path) == pytest.approx(losses(zero3_run), rel=1e-4, abs=1e-4)
+
+
+def test_critic_stage_on_sft_samples_and_score_cli(ray_session, data_dir, zero3_run, tmp_path) -> None:
+    """The critic learns from human answers and samples of the (tiny) SFT model, passes its gates, and
+    `polyalign score` scores a file through the actor pool."""
+    from polyalign_ray.cli import main
+    from polyalign_ray.distributed.stages import run_critic_stage
+
+    config = sft_config(
+        data_dir,
+        zero3_run,
+        f"critic.output_dir={tmp_path / 'critic'}",
+        "generation.max_new_tokens=32",
+        "generation.batch_size=32",
+        "critic.epochs=8",
+        "critic.hash_buckets=8192",
+    )
+    summary = run_critic_stage(config)
+    assert summary["gates_passed"]
+    assert summary["heldout_spearman"] > 0.5
+    assert summary["train_model"] == summary["train_human"] > 0
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        '{"response": "Hello there!", "bucket_id": "en|single|dialogue|short"}\n'
+        '{"response": "你好你好你好你好你好你好你好你好", "bucket_id": "zh|single|dialogue|short"}\n'
+    )
+    out = tmp_path / "scored.jsonl"
+    assert (
+        main(["score", "--critic", str(tmp_path / "critic"), "--input", str(rows), "--output", str(out)]) == 0
+    )
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [round(r["critic_distance"], 9) >= 0 for r in scored] == [True, True]

@@ -1,0 +1,47 @@
+"""The critic network: [bucket embedding | text representation | standardized hand features] -> MLP -> softplus,
+a non-negative estimate of d(x, b)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CriticModel(nn.Module):
+    def __init__(
+        self,
+        *,
+        num_buckets: int,
+        bucket_dim: int,
+        text_dim: int,
+        num_features: int,
+        hidden_dim: int,
+        hash_buckets: int = 0,
+    ):
+        super().__init__()
+        self.bucket_embedding = nn.Embedding(num_buckets + 1, bucket_dim)  # the last id: a bucket never seen
+        self.ngram_embedding = nn.EmbeddingBag(hash_buckets, text_dim, mode="mean") if hash_buckets else None
+        self.mlp = nn.Sequential(
+            nn.Linear(bucket_dim + text_dim + num_features, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, 1),
+        )
+
+    def forward(
+        self,
+        bucket_ids: torch.Tensor,
+        features: torch.Tensor,
+        *,
+        ngram_ids: torch.Tensor | None = None,
+        ngram_offsets: torch.Tensor | None = None,
+        text_vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predicted distances, shape (B,), all >= 0."""
+        if self.ngram_embedding is not None:
+            text = self.ngram_embedding(ngram_ids, ngram_offsets)
+        else:
+            text = text_vectors
+        hidden = torch.cat([self.bucket_embedding(bucket_ids), text, features], dim=-1)
+        return nn.functional.softplus(self.mlp(hidden).squeeze(-1))

@@ -1,0 +1,323 @@
+"""Training the critic on human AND model answers, with quality gates (METHOD.md section 4).
+
+Targets are the feature-based distances d(x, b) of section 2. The authors trained on human answers only: their
+targets were all near zero and the critic collapsed to a constant. Here each train prompt contributes its human
+answer and samples of the SFT policy; the loss is a Huber loss on standardized targets plus a ranking hinge that
+asks the human answer to score below the model answer for the same prompt. Held-out prompts (the val split) give
+the gates: Spearman correlation with the targets, ranking accuracy, and the spread of the predictions; a collapsed
+critic raises :class:`CriticQualityError` instead of being saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from polyalign_ray.config import CriticConfig
+from polyalign_ray.critic.encoders import FrozenLMEncoder, ngram_batch, ngram_id_arrays
+from polyalign_ray.critic.model import CriticModel
+from polyalign_ray.features import FEATURE_NAMES, features_matrix
+from polyalign_ray.references import ReferenceSet
+
+BUNDLE_META = "critic.json"
+BUNDLE_WEIGHTS = "critic.safetensors"
+
+
+class CriticQualityError(RuntimeError):
+    """The trained critic failed a quality gate (e.g. its predictions collapsed to a constant)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticExample:
+    text: str
+    bucket: str
+    target: float
+    group: str
+    """The prompt's record id: a human answer and the model answers to the same prompt share it."""
+    is_human: bool
+    heldout: bool
+
+
+def build_critic_examples(
+    records: Sequence[dict[str, Any]],
+    samples: dict[str, list[str]],
+    references: ReferenceSet,
+) -> list[CriticExample]:
+    """Human answers and model samples of ``records`` with their distance targets; val records are held out."""
+    texts, buckets, groups, human, heldout = [], [], [], [], []
+    for record in records:
+        for text, is_human in [
+            (record["response"], True),
+            *((s, False) for s in samples.get(record["id"], [])),
+        ]:
+            texts.append(text)
+            buckets.append(record["bucket_id"])
+            groups.append(record["id"])
+            human.append(is_human)
+            heldout.append(record["split"] != "train")
+    targets = references.distance(features_matrix(texts), buckets) if texts else np.zeros(0)
+    return [
+        CriticExample(t, b, float(d), g, h, o)
+        for t, b, d, g, h, o in zip(texts, buckets, targets, groups, human, heldout, strict=True)
+    ]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def human_model_pairs(examples: Sequence[CriticExample]) -> list[tuple[int, int]]:
+    """(human index, model index) for every model answer whose prompt's human answer is present."""
+    human_of = {e.group: i for i, e in enumerate(examples) if e.is_human}
+    return [(human_of[e.group], i) for i, e in enumerate(examples) if not e.is_human and e.group in human_of]
+
+
+@dataclasses.dataclass
+class CriticInputs:
+    """Everything the network needs for a set of examples, precomputed once."""
+
+    bucket_ids: torch.Tensor
+    features: torch.Tensor
+    texts: list[str]
+    text_vectors: torch.Tensor | None = None
+    """Frozen-LM encodings (``critic.encoder=frozen_lm``)."""
+    ngram_ids: list[np.ndarray] | None = None
+    """Hashed n-gram ids per text (``critic.encoder=hashed_ngrams``)."""
+
+    def batch(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
+        index_t = torch.as_tensor(index, dtype=torch.long)
+        out = {"bucket_ids": self.bucket_ids[index_t], "features": self.features[index_t]}
+        if self.text_vectors is not None:
+            out["text_vectors"] = self.text_vectors[index_t]
+        else:
+            out["ngram_ids"], out["ngram_offsets"] = ngram_batch([self.ngram_ids[i] for i in index])
+        return out
+
+
+def standardize_features(matrix: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor((matrix - mean) / std, dtype=torch.float32)
+
+
+def critic_inputs(
+    texts: Sequence[str],
+    buckets: Sequence[str],
+    meta: dict[str, Any],
+    *,
+    use_features: bool,
+    encoder: FrozenLMEncoder | None = None,
+) -> CriticInputs:
+    """Network inputs for texts in buckets, with the statistics of ``meta`` (the bundle's, at scoring time)."""
+    vocab = meta["buckets"]
+    unknown = len(vocab)
+    bucket_ids = torch.tensor([vocab.get(b, unknown) for b in buckets], dtype=torch.long)
+    if use_features:
+        features = standardize_features(
+            features_matrix(list(texts)), np.asarray(meta["feature_mean"]), np.asarray(meta["feature_std"])
+        )
+    else:
+        features = torch.zeros((len(texts), 0), dtype=torch.float32)
+    if encoder is not None:
+        vectors = torch.as_tensor(encoder.encode(list(texts)), dtype=torch.float32)
+        return CriticInputs(bucket_ids, features, list(texts), text_vectors=vectors)
+    return CriticInputs(
+        bucket_ids, features, list(texts), ngram_ids=ngram_id_arrays(texts, meta["hash_buckets"])
+    )
+
+
+def build_critic_model(meta: dict[str, Any]) -> CriticModel:
+    """The network described by a bundle's metadata (untrained)."""
+    return CriticModel(
+        num_buckets=len(meta["buckets"]),
+        bucket_dim=meta["dims"]["bucket_dim"],
+        text_dim=meta["dims"]["text_dim"],
+        num_features=len(meta["feature_names"]) if meta["use_features"] else 0,
+        hidden_dim=meta["dims"]["hidden_dim"],
+        hash_buckets=meta["hash_buckets"],
+    )
+
+
+def predict(model: CriticModel, inputs: CriticInputs, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(inputs.texts), batch_size):
+            index = list(range(start, min(start + batch_size, len(inputs.texts))))
+            out.append(model(**inputs.batch(index)).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def quality_report(
+    predictions: np.ndarray, examples: Sequence[CriticExample], *, prefix: str
+) -> dict[str, float]:
+    """Spearman with the targets, ranking accuracy on (human, model) pairs (against the METHOD's order, human
+    below model, and against the targets' own order), spread, mean absolute error."""
+    targets = np.asarray([e.target for e in examples])
+    pairs = human_model_pairs(examples)
+    ordered = [(h, m) for h, m in pairs if targets[h] != targets[m]]
+    report = {
+        f"{prefix}spearman": spearman(predictions, targets),
+        f"{prefix}mae": float(np.abs(predictions - targets).mean()) if len(targets) else float("nan"),
+        f"{prefix}prediction_std": float(predictions.std()) if len(predictions) else 0.0,
+        f"{prefix}target_std": float(targets.std()) if len(targets) else 0.0,
+        f"{prefix}pairs": len(pairs),
+        f"{prefix}ranking_accuracy_human_below_model": (
+            float(np.mean([predictions[h] < predictions[m] for h, m in pairs])) if pairs else float("nan")
+        ),
+        f"{prefix}ranking_accuracy_vs_targets": (
+            float(
+                np.mean([(predictions[h] < predictions[m]) == (targets[h] < targets[m]) for h, m in ordered])
+            )
+            if ordered
+            else float("nan")
+        ),
+        f"{prefix}target_human_below_model_rate": (
+            float(np.mean([targets[h] < targets[m] for h, m in pairs])) if pairs else float("nan")
+        ),
+    }
+    return report
+
+
+def train_critic(
+    examples: Sequence[CriticExample],
+    config: CriticConfig,
+    *,
+    encoder: FrozenLMEncoder | None = None,
+    encoder_model: str = "",
+) -> tuple[CriticModel, dict[str, Any], dict[str, Any]]:
+    """Train on the non-held-out examples; returns (model, bundle metadata, summary with the gates).
+
+    ``encoder`` (with ``encoder_model``, its path) is required for ``critic.encoder=frozen_lm``. The summary's
+    ``gates_passed`` says whether the held-out gates hold; the caller refuses to save a critic that fails them.
+    """
+    if (config.encoder == "frozen_lm") != (encoder is not None):
+        raise ValueError("critic.encoder=frozen_lm needs a FrozenLMEncoder, hashed_ngrams must not get one")
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train = [e for e in examples if not e.heldout]
+    heldout = [e for e in examples if e.heldout]
+    if not train or not heldout:
+        raise CriticQualityError("the critic needs train and held-out (val) examples; check the data splits")
+    train_features = features_matrix([e.text for e in train])
+    targets = np.asarray([e.target for e in train], dtype=np.float64)
+    meta: dict[str, Any] = {
+        "version": 1,
+        "encoder": config.encoder,
+        "encoder_model": encoder_model,
+        "hash_buckets": config.hash_buckets if encoder is None else 0,
+        "use_features": config.use_features,
+        "buckets": {b: i for i, b in enumerate(sorted({e.bucket for e in examples}))},
+        "feature_names": list(FEATURE_NAMES),
+        "feature_mean": train_features.mean(axis=0).tolist(),
+        "feature_std": np.maximum(train_features.std(axis=0), 1e-6).tolist(),
+        "target_mean": float(targets.mean()),
+        "target_std": float(max(targets.std(), 1e-6)),
+        "dims": {
+            "bucket_dim": config.bucket_embedding_dim,
+            "text_dim": config.embedding_dim if encoder is None else encoder.dim,
+            "hidden_dim": config.hidden_dim,
+        },
+    }
+    model = build_critic_model(meta)
+    inputs = critic_inputs(
+        [e.text for e in train],
+        [e.bucket for e in train],
+        meta,
+        use_features=config.use_features,
+        encoder=encoder,
+    )
+    target_t = torch.as_tensor(targets, dtype=torch.float32)
+    mu, sd = meta["target_mean"], meta["target_std"]
+    pairs = np.asarray(human_model_pairs(train), dtype=np.int64).reshape(-1, 2)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    history = []
+    for _epoch in range(config.epochs):
+        model.train()
+        order = rng.permutation(len(train))
+        epoch_loss = 0.0
+        for step in range(steps_per_epoch):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size].tolist()
+            prediction = model(**inputs.batch(index))
+            loss = torch.nn.functional.huber_loss(
+                (prediction - mu) / sd, (target_t[index] - mu) / sd, delta=config.huber_delta
+            )
+            if len(pairs) and config.rank_weight > 0:
+                chosen = pairs[rng.integers(0, len(pairs), size=min(config.batch_size, len(pairs)))]
+                both = model(**inputs.batch(chosen.reshape(-1).tolist())).view(-1, 2)
+                hinge = torch.relu(config.rank_margin + both[:, 0] - both[:, 1]).mean()
+                loss = loss + config.rank_weight * hinge
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += float(loss.detach())
+        history.append(epoch_loss / steps_per_epoch)
+
+    heldout_inputs = critic_inputs(
+        [e.text for e in heldout],
+        [e.bucket for e in heldout],
+        meta,
+        use_features=config.use_features,
+        encoder=encoder,
+    )
+    heldout_pred = predict(model, heldout_inputs)
+    train_pred = predict(model, inputs)
+    summary: dict[str, Any] = {
+        "train_examples": len(train),
+        "heldout_examples": len(heldout),
+        "train_human": sum(e.is_human for e in train),
+        "train_model": sum(not e.is_human for e in train),
+        "epochs": config.epochs,
+        "loss_per_epoch": history,
+        "seconds": time.perf_counter() - start,
+        **quality_report(heldout_pred, heldout, prefix="heldout_"),
+        **quality_report(train_pred, train, prefix="train_"),
+    }
+    spread_ratio = summary["heldout_prediction_std"] / max(summary["heldout_target_std"], 1e-12)
+    summary["heldout_spread_ratio"] = spread_ratio
+    failures = []
+    if not spread_ratio >= config.min_prediction_std_ratio:
+        failures.append(
+            f"predictions collapsed: std {summary['heldout_prediction_std']:.4g} is {spread_ratio:.3g} x the "
+            f"targets' std (critic.min_prediction_std_ratio={config.min_prediction_std_ratio})"
+        )
+    if not summary["heldout_spearman"] >= config.min_spearman:
+        failures.append(
+            f"held-out Spearman {summary['heldout_spearman']:.3f} < critic.min_spearman={config.min_spearman}"
+        )
+    summary["gates_passed"] = not failures
+    summary["gate_failures"] = failures
+    return model, meta, summary
+
+
+def save_critic_bundle(
+    directory: Path,
+    model: CriticModel,
+    meta: dict[str, Any],
+    summary: dict[str, Any],
+    references: ReferenceSet,
+) -> Path:
+    """Weights (safetensors), metadata (bucket vocabulary, feature and target statistics, dimensions), the
+    references the targets came from, and the summary with the gates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / BUNDLE_WEIGHTS))
+    (directory / BUNDLE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    references.save(directory / "references.json")
+    (directory / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return directory

@@ -1,0 +1,61 @@
+"""Sampling answers from a policy for records: the same prompt renderer as training, left-padded batches, HF
+``generate``. Used for the critic's model answers, offline HDPO pairs, rollouts and evaluation; Ray Data runs it
+in actors (``distributed/generate.py``), and a vLLM backend can replace it on GPU clusters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from polyalign_ray.config import GenerationConfig
+from polyalign_ray.prompting import render_prompt
+
+
+def generate_responses(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[Mapping[str, Any]],
+    settings: GenerationConfig,
+    *,
+    profile_conditioning: bool = False,
+    max_prompt_tokens: int = 512,
+    seed_offset: int = 0,
+) -> list[str]:
+    """One sampled answer per record, decoded without special tokens. Sampling is seeded per batch
+    (``settings.seed + seed_offset + batch index``) so a rerun on the same records gives the same answers."""
+    model.eval()
+    device = next(model.parameters()).device
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    try:
+        for start in range(0, len(records), settings.batch_size):
+            batch = records[start : start + settings.batch_size]
+            prompts = [render_prompt(tokenizer, r, profile_conditioning=profile_conditioning) for r in batch]
+            encoded = tokenizer(
+                prompts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_prompt_tokens,
+                add_special_tokens=False,
+            ).to(device)
+            torch.manual_seed(settings.seed + seed_offset + start // settings.batch_size)
+            with torch.no_grad():
+                generated = model.generate(
+                    **encoded,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=settings.do_sample,
+                    temperature=settings.temperature if settings.do_sample else None,
+                    top_p=settings.top_p if settings.do_sample else None,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    use_cache=True,  # training configs turn the KV cache off; without it generation is ~4x slower
+                )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            out.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = padding_side
+    return out

@@ -1,0 +1,94 @@
+"""A small synthetic critic setup shared by the critic unit and ray tests: human answers of two buckets, model
+answers that drift away from them (repetitive, too long, wrong script), references from the human train answers."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from polyalign_ray.critic.train import CriticExample, build_critic_examples
+from polyalign_ray.features import features_matrix
+from polyalign_ray.references import build_references
+
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "we",
+    "like",
+    "tea",
+    "very",
+    "much",
+    "today",
+    "it",
+    "is",
+    "sunny",
+    "outside",
+    "yes",
+    "no",
+    "maybe",
+]
+ZH = "我们今天天气很好喜欢喝茶猫坐在垫子上你呢是的"
+EN_BUCKET = "en|single|dialogue|short"
+ZH_BUCKET = "zh|single|dialogue|short"
+
+
+def human_answer(rng: random.Random, bucket: str) -> str:
+    if bucket == EN_BUCKET:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + rng.choice(".?!")
+    return "".join(rng.choice(ZH) for _ in range(rng.randint(5, 15))) + rng.choice("。？！")
+
+
+def model_answer(rng: random.Random, bucket: str) -> str:
+    """A drifted answer: how far it drifts is random, so targets spread over a range."""
+    kind = rng.random()
+    if kind < 0.4:  # degenerate repetition of varying length
+        unit = rng.choice(WORDS) + " " if bucket == EN_BUCKET else rng.choice(ZH)
+        return unit * rng.randint(3, 60)
+    if kind < 0.7:  # far too long
+        return " ".join(human_answer(rng, bucket) for _ in range(rng.randint(2, 12)))
+    return human_answer(rng, bucket)  # sometimes indistinguishable from a human answer
+
+
+def synthetic_records(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        bucket = EN_BUCKET if i % 2 == 0 else ZH_BUCKET
+        records.append(
+            {
+                "id": f"r{i}",
+                "bucket_id": bucket,
+                "split": "val" if i % 5 == 0 else "train",
+                "response": human_answer(rng, bucket),
+            }
+        )
+    return records
+
+
+def synthetic_examples(
+    n: int = 400, seed: int = 0, *, with_model_answers: bool = True
+) -> tuple[list[CriticExample], object]:
+    records = synthetic_records(n, seed)
+    train = [r for r in records if r["split"] == "train"]
+    references = build_references(
+        features_matrix([r["response"] for r in train]),
+        [r["bucket_id"] for r in train],
+        ["train"] * len(train),
+        quantile_levels=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95),
+        min_count=10,
+        band=(0.1, 0.9),
+        scale_floor=0.05,
+    )
+    rng = random.Random(seed + 1)
+    samples = {r["id"]: [model_answer(rng, r["bucket_id"])] for r in records} if with_model_answers else {}
+    return build_critic_examples(records, samples, references), references
+
+
+def targets(examples) -> np.ndarray:
+    return np.asarray([e.target for e in examples])
