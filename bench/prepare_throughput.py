@@ -46,6 +46,7 @@ import psutil
 
 MAX_ROW_CHARS = 200_000  # the default of data.max_row_chars
 SAMPLE_INTERVAL_S = 0.2
+OTHER_CPU_SHARE_WARNING = 0.05  # warn when other processes used more than this share of the CPUs in a stage
 EXACT_COPY_SHARE = 0.05  # replicas whose text is left as is: exact duplicates that dedup must drop
 MALFORMED_SHARE = 0.01  # rows replaced by one of MALFORMED_KINDS, which quarantine must keep
 MALFORMED_KINDS = (
@@ -404,6 +405,13 @@ def _log_epoch(stamp: str) -> float:
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def _operator_name(text: str) -> str:
+    """``TaskPoolMapOperator[MapBatches(f)] -> ...`` -> ``MapBatches(f) -> ...``."""
+    import re
+
+    return re.sub(r"\w+Operator\[(.*?)\](?= -> |$)", r"\1", text)
+
+
 def parse_ray_data_log(path: Path) -> list[dict[str, Any]]:
     """Executions of Ray Data datasets from ``ray-data.log``: plan, start/end (epoch s), and per operator the
     final metrics of :data:`OPERATOR_METRICS` (task-seconds summed over the operator's tasks)."""
@@ -429,10 +437,10 @@ def parse_ray_data_log(path: Path) -> list[dict[str, Any]]:
             current = {"start": _log_epoch(stamp.group(1)), "plan": "", "operators": []}
             datasets.append(current)
         elif text.startswith("Execution plan of Dataset") and current is not None:
-            current["plan"] = text.split(": ", 1)[1].replace("InputDataBuffer[Input] -> ", "")
+            current["plan"] = _operator_name(text.split(": ", 1)[1].replace("InputDataBuffer[Input] -> ", ""))
         elif " completed. Operator Metrics:" in text and current is not None:
             name = text.split("Operator ", 1)[1].split(" completed.")[0]
-            pending_operator = "" if name.startswith("InputDataBuffer") else name
+            pending_operator = "" if name.startswith("InputDataBuffer") else _operator_name(name)
         elif "execution finished in" in text and current is not None:
             current["end"] = _log_epoch(stamp.group(1))
             current["seconds"] = float(text.split("execution finished in ")[1].split()[0])
@@ -450,7 +458,7 @@ def timeline(result: dict[str, Any], phase: str) -> list[dict[str, Any]]:
             "operators": d["operators"],
         }
         for d in result.get("ray_datasets", [])
-        if start - 0.5 <= d["start"] <= end
+        if start - 0.01 <= d["start"] <= end
     ]
     items += [
         {"what": f"driver: {e['step']}", "start": e["start"], "seconds": e["end"] - e["start"]}
@@ -570,7 +578,7 @@ def run_engine(engine: str, input_dir: Path, work_dir: Path, num_cpus: int) -> d
 # Reporting
 # ---------------------------------------------------------------------------------------------------------------
 def engine_line(child: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON line of one engine: what the table shows, in numbers."""
+    """The JSON line of one engine: what the tables show, in numbers."""
     prep, feat = child["prepare"], child["features"]
     engine_phases = ("prepare", "features")
     peaks = child["peaks"]
@@ -582,14 +590,24 @@ def engine_line(child: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         "prepare_records_per_s": round(child["manifest"]["read"] / prep["seconds"], 1),
         "features_seconds": round(feat["seconds"], 2),
         "features_records_per_s": round(feat["records"] / feat["seconds"], 1),
+        # per CPU-second of the engine's own processes: less sensitive to other load on the machine than wall time
+        "prepare_records_per_cpu_s": round(child["manifest"]["read"] / max(prep["cpu_s_engine"], 1e-9), 1),
+        "features_records_per_cpu_s": round(feat["records"] / max(feat["cpu_s_engine"], 1e-9), 1),
         "counts": {k: child["manifest"][k] for k in COUNT_KEYS},
         "quarantine_reasons": child["manifest"]["quarantine_reasons"],
+        "per_split": child["manifest"]["per_split"],
         "cpu_s_engine": {p: round(child[p]["cpu_s_engine"], 1) for p in engine_phases},
         "cpu_s_other_processes": {p: round(child[p]["cpu_s_other"], 1) for p in engine_phases},
+        # share of the machine's CPU capacity that other processes used during the stage
+        "other_cpu_share": {
+            p: round(child[p]["cpu_s_other"] / (child[p]["seconds"] * (os.cpu_count() or 1)), 3)
+            for p in engine_phases
+        },
         "loadavg1": {
             p: [round(child[p]["loadavg1_start"], 2), round(child[p]["loadavg1_end"], 2)]
             for p in engine_phases
         },
+        "idle_wait": child.get("idle_wait"),
         "peak_driver_rss_mib": _mib(child["maxrss"]),
     }
     if child["engine"] == "ray":
@@ -612,58 +630,121 @@ def engine_line(child: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             for s, v in child["features_per_split"].items()
         }
     line["peak_footprint_mib"] = _mib(max(peaks[p]["footprint"] for p in engine_phases))
+    line["timeline"] = child["timeline"]
     line["memory_note"] = MEMORY_NOTE
     return line
 
 
-def render_table(lines: list[dict[str, Any]], meta: dict[str, Any], checks: dict[str, Any]) -> str:
-    gen = meta["generation"]
-    header = [
-        f"records {gen['records']} in {gen['shards']} JSONL shard(s) ({gen['bytes'] / 2**20:.1f} MiB; "
-        f"{gen['base_rows']} built-in rows x {gen['replicas']} replicas; malformed {sum(gen['malformed'].values())}"
-        f" {gen['malformed']}); generated in {gen['seconds']} s (not part of the engine figures)",
-        f"machine: {meta['machine']['cpus']} CPUs, {meta['machine']['memory_gib']} GiB, python "
-        f"{meta['machine']['python']}, ray {meta['machine']['ray']}, pyarrow {meta['machine']['pyarrow']}; "
-        f"ray num_cpus={meta['num_cpus']}",
+def _render_timeline(line: dict[str, Any], phase: str) -> list[str]:
+    items = line["timeline"][phase]
+    if not items:
+        return []
+    total = line[f"{phase}_seconds"]
+    out = [f"{line['engine']} {phase} ({total} s), where the time goes (start +seconds):"]
+    for item in items:
+        out.append(f"  {item['start']:7.2f} +{item['seconds']:6.2f}  {item['what']}")
+        for op in item.get("operators", []):
+            out.append(
+                f"                    {op['name']}: {op['tasks']:.0f} tasks, {op['rows_out']:.0f} rows out, "
+                f"{op['task_s']:.1f} task-s = UDF+block {op['transform_s']:.1f} + scheduling/wait "
+                f"{op['scheduling_s']:.1f} + rest"
+            )
+    rest = total - sum(item["seconds"] for item in items)
+    where = "the read + normalize loop" if line["engine"] == "local" else "collecting results, counting"
+    out.append(f"                   {rest:6.2f} s in the driver outside the steps above ({where}, ...)")
+    return out
+
+
+def render_report(
+    lines: list[dict[str, Any]], meta: dict[str, Any], checks: dict[str, Any]
+) -> tuple[str, str]:
+    """The human-readable report: (corpus, machine and two Markdown tables; counts, checks, notes and
+    timelines as plain text)."""
+    gen, machine = meta["generation"], meta["machine"]
+    by_engine = {line["engine"]: line for line in lines}
+    local = by_engine.get("local")
+    out = [
+        f"- corpus: {gen['records']} rows in {gen['shards']} JSONL shard(s), {gen['bytes'] / 2**20:.1f} MiB "
+        f"({gen['base_rows']} built-in rows x {gen['replicas']} perturbed replicas; "
+        f"{sum(gen['malformed'].values())} malformed rows {gen['malformed']}); generated in "
+        f"{gen['seconds']} s, not part of the engine figures",
+        f"- machine: {machine['cpus']} CPUs, {machine['memory_gib']} GiB, {machine['processor']}, python "
+        f"{machine['python']}, ray {machine['ray']}, pyarrow {machine['pyarrow']}; Ray num_cpus={meta['num_cpus']}",
         "",
-        "| engine | prepare s | prepare rec/s | features s | features rec/s | peak driver RSS MiB "
-        "| peak Ray procs RSS MiB | peak total RSS MiB | peak footprint MiB | engine CPU s | other CPU s "
-        "| load1 start/end |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| engine | prepare s | prepare rec/s | features s | features rec/s | vs local (prepare / features) "
+        "| prepare rec/CPU-s | features rec/CPU-s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = []
     for line in lines:
-        ray_procs = line.get("peak_ray_procs_rss_sum_mib", "-")
-        engine = line["engine"] + (
-            f" (+{line['ray_init_seconds']} s ray.init)" if "ray_init_seconds" in line else ""
-        )
-        cpu = line["cpu_s_engine"]
-        other = line["cpu_s_other_processes"]
-        load = line["loadavg1"]
-        rows.append(
+        engine = line["engine"]
+        if "ray_init_seconds" in line:
+            engine += f" (ray.init {line['ray_init_seconds']} s, not included)"
+        ratio = "-"
+        if local and line is not local:
+            ratio = (
+                f"{line['prepare_records_per_s'] / local['prepare_records_per_s']:.2f}x / "
+                f"{line['features_records_per_s'] / local['features_records_per_s']:.2f}x"
+            )
+        out.append(
             f"| {engine} | {line['prepare_seconds']} | {line['prepare_records_per_s']:.0f} "
-            f"| {line['features_seconds']} | {line['features_records_per_s']:.0f} | {line['peak_driver_rss_mib']} "
-            f"| {ray_procs} | {line['peak_total_rss_mib']} | {line['peak_footprint_mib']} "
-            f"| {cpu['prepare']} + {cpu['features']} | {other['prepare']} + {other['features']} "
-            f"| {load['prepare'][0]}/{load['features'][1]} |"
+            f"| {line['features_seconds']} | {line['features_records_per_s']:.0f} | {ratio} "
+            f"| {line['prepare_records_per_cpu_s']:.0f} | {line['features_records_per_cpu_s']:.0f} |"
         )
-    counts = lines[0]["counts"]
-    footer = [
+    out += [
         "",
-        "counts ("
-        + ("equal across engines" if checks["counts_equal"] else "DIFFER between engines")
-        + "): "
-        + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f"; quarantine reasons {lines[0]['quarantine_reasons']}",
+        "| engine | peak driver RSS MiB | peak Ray procs RSS sum MiB | peak total RSS MiB | peak footprint MiB "
+        "| engine CPU s (prepare + features) | other processes' CPU s | load1 start -> end |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for line in lines:
+        cpu, other, load = line["cpu_s_engine"], line["cpu_s_other_processes"], line["loadavg1"]
+        out.append(
+            f"| {line['engine']} | {line['peak_driver_rss_mib']} | {line.get('peak_ray_procs_rss_sum_mib', '-')} "
+            f"| {line['peak_total_rss_mib']} | {line['peak_footprint_mib']} "
+            f"| {cpu['prepare']} + {cpu['features']} | {other['prepare']} + {other['features']} "
+            f"| {load['prepare'][0]} -> {load['features'][1]} |"
+        )
+    first = lines[0]
+    agree = "equal across engines" if checks["counts_equal"] else "DIFFER between engines"
+    tables, out = out, []
+    out += [
+        f"counts ({agree}): " + ", ".join(f"{k} {v}" for k, v in first["counts"].items()),
+        f"quarantine reasons: {first['quarantine_reasons']}; per split: {first['per_split']}",
         f"checks: {json.dumps(checks)}",
-        "prepare rec/s = input rows read / prepare seconds; features rec/s = kept records / feature-pass "
-        "seconds; CPU s = prepare + features; other CPU s = busy CPU seconds of every other process meanwhile.",
+        "",
+        "prepare rec/s = input rows read / prepare wall seconds; features rec/s = kept records / feature-pass "
+        "wall seconds; rec/CPU-s = the same records per CPU second of the engine's own processes (less affected by "
+        "other load than wall time, but it does not show parallelism). Engine CPU s = CPU seconds of the engine's processes; other processes' CPU s = busy CPU "
+        "seconds of the whole machine meanwhile minus the engine's (other users of the machine; 0 on a quiet one).",
         MEMORY_NOTE,
     ]
     for line in lines:
+        for phase, share in line["other_cpu_share"].items():
+            if share > OTHER_CPU_SHARE_WARNING:
+                out.append(
+                    f"WARNING: other processes used {share:.0%} of the machine's CPU during {line['engine']} "
+                    f"{phase}: that figure is not representative of a quiet machine"
+                )
+        if line.get("idle_wait"):
+            wait = line["idle_wait"]
+            out.append(
+                f"{line['engine']}: waited {wait['waited_s']} s for a quiet machine; CPU busy "
+                f"{wait['cpu_busy_pct']}% just before the start"
+            )
         if "features_per_split" in line:
-            footer.append(f"local features per split: {json.dumps(line['features_per_split'])}")
-    return "\n".join(header + rows + footer)
+            out.append(f"local features per split: {json.dumps(line['features_per_split'])}")
+        if "peak_object_store_shm_mib" in line:
+            out.append(
+                f"ray: {line['ray_processes']} Ray processes at most; peak RSS sum of ray:: workers "
+                f"{line['peak_ray_workers_rss_sum_mib']} MiB; peak object store use in /dev/shm "
+                f"{line['peak_object_store_shm_mib']} MiB"
+            )
+    for line in lines:
+        for phase in ("prepare", "features"):
+            rendered = _render_timeline(line, phase)
+            if rendered:
+                out += ["", *rendered]
+    return "\n".join(tables), "\n".join(out)
 
 
 def compare_outputs(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -690,9 +771,18 @@ def compare_outputs(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return checks
 
 
+def wait_for_quiet_machine(max_wait_s: float, busy_below_pct: float = 20.0) -> dict[str, float]:
+    """Wait (at most ``max_wait_s``) until the machine's CPU is less than ``busy_below_pct`` busy over 2 s, so
+    that an engine does not start while something else (a test run, a build) is using the CPUs."""
+    start = time.perf_counter()
+    busy = psutil.cpu_percent(interval=2.0)
+    while busy >= busy_below_pct and time.perf_counter() - start < max_wait_s:
+        busy = psutil.cpu_percent(interval=2.0)
+    return {"waited_s": round(time.perf_counter() - start, 1), "cpu_busy_pct": busy}
+
+
 def machine_info(num_cpus: int) -> dict[str, Any]:
-    import pyarrow
-    import ray
+    from importlib.metadata import version  # versions without importing ray/pyarrow into this process
 
     return {
         "cpus": os.cpu_count(),
@@ -700,8 +790,8 @@ def machine_info(num_cpus: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
-        "ray": ray.__version__,
-        "pyarrow": pyarrow.__version__,
+        "ray": version("ray"),
+        "pyarrow": version("pyarrow"),
         "ray_num_cpus": num_cpus,
     }
 
@@ -726,6 +816,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--num-cpus", type=int, default=2, help="num_cpus of the local Ray instance (default 2)"
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        help="before each engine, wait up to this many seconds for the CPUs to be < 20%% busy (default 60)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in corpus and perturbations")
     parser.add_argument(
@@ -752,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.child_result).write_text(json.dumps(result), encoding="utf-8")
         return 0
 
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = "RAY_USAGE_STATS_ENABLED=0 " + shlex.join([".venv/bin/python", *sys.argv])
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="prepare_throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     input_dir = work / "input"
@@ -782,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         log_path = work / f"child-{engine}.log"
         cmd = [sys.executable, __file__, "--child", engine, "--child-result", str(result_path)]
         cmd += ["--out", str(work), "--num-cpus", str(args.num_cpus)]
-        print(f"running {engine} (log: {log_path}) ...", flush=True)
+        idle = wait_for_quiet_machine(args.wait_idle) if args.wait_idle > 0 else None
+        print(f"running {engine} (log: {log_path}; machine before: {idle}) ...", flush=True)
         start = time.perf_counter()
         with log_path.open("w") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -792,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results[engine] = json.loads(result_path.read_text(encoding="utf-8"))
         results[engine]["child_seconds"] = time.perf_counter() - start
+        results[engine]["idle_wait"] = idle
         print(
             f"  {engine}: done in {results[engine]['child_seconds']:.1f} s (process start to exit)",
             flush=True,
@@ -807,9 +905,11 @@ def main(argv: list[str] | None = None) -> int:
         line["cpu_percent_before_run"] = meta["cpu_percent_idle_check"]
         if "ray_data_logs" in results[line["engine"]]:
             line["ray_data_logs"] = results[line["engine"]]["ray_data_logs"]
-    table = render_table(lines, meta, checks)
+    tables, notes = render_report(lines, meta, checks)
     print()
-    print(table)
+    print(tables)
+    print()
+    print(notes)
     print()
     for line in lines:
         print(json.dumps(line, ensure_ascii=False))
@@ -820,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         with open(args.report, "a", encoding="utf-8") as handle:
             handle.write(f"\n## {meta['date']}: {args.records} records, {args.shards} shard(s)\n\n")
-            handle.write(f"```\n{command}\n```\n\n{table}\n")
+            handle.write(f"```\n{command}\n```\n\n{tables}\n\n```text\n{notes}\n```\n")
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     if not (

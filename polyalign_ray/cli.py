@@ -18,16 +18,22 @@ from polyalign_ray.corpus.readers import InputError
 
 log = logging.getLogger("polyalign")
 
-# Nothing is ever fetched from a hub by the default runs; real users point at local paths or set these off.
-OFFLINE_DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+QUIET_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
-    "DS_ACCELERATOR": "cpu",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
 }
+# With the built-in model or a local model folder nothing needs a hub, so nothing may try one. A model given by
+# hub name (real clusters) leaves these unset so transformers can download it.
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def apply_environment_defaults(config: PolyAlignConfig) -> None:
+    """Quiet defaults always; offline defaults unless the model is named by a hub id."""
+    names = [config.model.name_or_path, config.critic.policy, config.critic.encoder_model]
+    hub_names = [n for n in names if n and not os.path.exists(n)]
+    for key, value in {**QUIET_DEFAULTS, **({} if hub_names else OFFLINE_DEFAULTS)}.items():
+        os.environ.setdefault(key, value)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -83,12 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> PolyAlignConfig:
-    return load_config(args.config, [*extra, *args.overrides])
+    config = load_config(args.config, [*extra, *args.overrides])
+    apply_environment_defaults(config)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for key, value in OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

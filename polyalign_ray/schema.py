@@ -205,8 +205,10 @@ class Record:
     origin_line: int = 0
 
     def to_row(self) -> dict[str, Any]:
-        """A flat dict with the fixed column set of :data:`RECORD_COLUMNS` (history as a list of dicts)."""
-        row = dataclasses.asdict(self)
+        """A flat dict with the fixed column set of :data:`RECORD_COLUMNS` (history as a list of dicts).
+
+        Built field by field: ``dataclasses.asdict`` deep-copies and took a third of the prepare stage's time."""
+        row = {name: getattr(self, name) for name in RECORD_COLUMNS}
         row["history"] = [dict(turn) for turn in self.history]
         return row
 

@@ -6,14 +6,12 @@ import os
 
 import pytest
 
+from polyalign_ray.cli import OFFLINE_DEFAULTS, QUIET_DEFAULTS
+
 for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
+    **OFFLINE_DEFAULTS,
+    **QUIET_DEFAULTS,
     "DS_ACCELERATOR": "cpu",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     # gloo and Ray bind to loopback only (CPU_NOTES.md), so tests never use another address of the machine.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     # Ray Train's controller polls workers every 2 s by default; reports and failure detection wait on it.

@@ -10,29 +10,9 @@ import numpy as np
 from polyalign_ray.critic.train import CriticExample, build_critic_examples
 from polyalign_ray.features import features_matrix
 from polyalign_ray.references import build_references
+from tests.loops.tiny import EN_WORDS
 
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "and",
-    "we",
-    "like",
-    "tea",
-    "very",
-    "much",
-    "today",
-    "it",
-    "is",
-    "sunny",
-    "outside",
-    "yes",
-    "no",
-    "maybe",
-]
+WORDS = [*EN_WORDS, "yes", "no", "maybe"]
 ZH = "我们今天天气很好喜欢喝茶猫坐在垫子上你呢是的"
 EN_BUCKET = "en|single|dialogue|short"
 ZH_BUCKET = "zh|single|dialogue|short"

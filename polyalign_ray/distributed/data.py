@@ -32,6 +32,8 @@ from polyalign_ray.schema import RECORD_COLUMNS, SPLITS
 log = logging.getLogger(__name__)
 # Raw rows are re-blocked to this many rows so that normalization spreads over all CPUs even for one big file.
 ROWS_PER_BLOCK = 4096
+# Fewer, larger Parquet parts: one file per block made every later read start a task per small file.
+PARQUET_ROWS_PER_FILE = 100_000
 
 
 def _rows_equal(table: pa.Table, column: str, value: Any, *, equal: bool = True) -> pa.Table:
@@ -122,9 +124,8 @@ def prepare_with_ray(
         target = split_dir(output_dir, split)
         shutil.rmtree(target, ignore_errors=True)
         if any(s == split for s, _ in split_bucket_counts):
-            kept.map_batches(_rows_equal, fn_args=("split", split), batch_format="pyarrow").write_parquet(
-                str(target)
-            )
+            part = kept.map_batches(_rows_equal, fn_args=("split", split), batch_format="pyarrow")
+            part.write_parquet(str(target), min_rows_per_file=PARQUET_ROWS_PER_FILE)
         target.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(
         read=read,
@@ -149,6 +150,8 @@ def compute_features_with_ray(data_dir: str | Path, splits: Sequence[str] = SPLI
     if not paths:
         raise FileNotFoundError(f"no records under {data_dir}; run `polyalign prepare` first")
     ds = ray.data.read_parquet(paths, schema=RECORD_SCHEMA)
+    # The read yields a few large blocks; re-block so the feature pass runs on every CPU, not one.
+    ds = ds.repartition(target_num_rows_per_block=2048)
     features = ds.map_batches(features_table, batch_format="pyarrow", batch_size=1024)
     tables = [t for t in ray.get(features.to_arrow_refs()) if t.num_rows]
     table = pa.concat_tables(tables) if tables else features_table_schema().empty_table()

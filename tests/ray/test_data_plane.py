@@ -1,5 +1,6 @@
 """The data plane on a real local Ray instance: Ray Data prepare equals the in-process engine, and the
-embedded-default pipeline (built-in corpus -> records -> references -> bucket table) runs end to end."""
+embedded-default pipeline (built-in corpus -> records -> references -> SFT -> critic) runs end to end, scaled
+down."""
 
 from __future__ import annotations
 
@@ -80,7 +81,20 @@ def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> N
 def test_pipeline_on_the_builtin_corpus(
     ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["pipeline", "--output", str(tmp_path), "data.builtin_max_per_bucket=60"]) == 0
+    small = [
+        "data.builtin_max_per_bucket=60",
+        "model.builtin_hidden_size=32",
+        "model.builtin_intermediate_size=64",
+        "model.builtin_vocab_size=512",
+        "model.max_length=128",
+        "sft.max_steps=6",
+        "generation.max_new_tokens=24",
+        "generation.batch_size=32",
+        "critic.max_prompts=200",
+        "critic.epochs=4",
+        "critic.hash_buckets=4096",
+    ]
+    assert main(["pipeline", "--output", str(tmp_path), *small]) == 0
     data = tmp_path / "data"
     manifest = json.loads((data / "manifest.json").read_text())
     assert (
@@ -98,3 +112,5 @@ def test_pipeline_on_the_builtin_corpus(
     assert "| bucket | train | val | test |" in out
     assert "Empty buckets" in out
     assert (data / "buckets.md").is_file()
+    assert json.loads((tmp_path / "sft" / "summary.json").read_text())["steps"] == 6
+    assert json.loads((tmp_path / "critic" / "summary.json").read_text())["gates_passed"]
