@@ -97,3 +97,30 @@ def test_bundle_round_trip_scores_like_training(tmp_path: Path) -> None:
     assert scorer.score(["hello"], ["en|multi|qa|xlong"]).shape == (1,)
     with pytest.raises(ValueError, match="texts but"):
         scorer.score(["a", "b"], ["x"])
+
+
+def test_frozen_lm_encoder_critic_round_trip(tmp_path: Path) -> None:
+    """critic.encoder=frozen_lm: texts are encoded by a frozen LM (here the tiny test model, saved as an HF folder
+    so the scorer can reload it); the critic trains, and the saved bundle scores like the trained model."""
+    from polyalign_ray.config import ModelConfig
+    from polyalign_ray.critic.encoders import FrozenLMEncoder
+    from polyalign_ray.models import builtin_model, load_causal_lm, load_tokenizer, train_builtin_tokenizer
+
+    examples, references = synthetic_examples(120)
+    tokenizer = train_builtin_tokenizer([e.text for e in examples], 400, 128)
+    lm_dir = tmp_path / "lm"
+    builtin_model(
+        ModelConfig(builtin_hidden_size=32, builtin_intermediate_size=64, builtin_vocab_size=400), tokenizer
+    ).save_pretrained(lm_dir)
+    tokenizer.save_pretrained(lm_dir)
+    encoder = FrozenLMEncoder(load_causal_lm(lm_dir, ModelConfig()), load_tokenizer(lm_dir))
+    config = CriticConfig(encoder="frozen_lm", hidden_dim=32, epochs=5, min_spearman=-1.0)
+    model, meta, summary = train_critic(examples, config, encoder=encoder, encoder_model=str(lm_dir))
+    assert meta["hash_buckets"] == 0 and meta["dims"]["text_dim"] == 32
+    assert np.isfinite(summary["heldout_spearman"])
+    save_critic_bundle(tmp_path / "bundle", model, meta, summary, references)
+    heldout = [e for e in examples if e.heldout]
+    scores = CriticScorer(tmp_path / "bundle").score([e.text for e in heldout], [e.bucket for e in heldout])
+    assert spearman(scores, targets(heldout)) == pytest.approx(summary["heldout_spearman"], abs=1e-6)
+    with pytest.raises(ValueError, match="frozen_lm"):
+        train_critic(examples, config)
