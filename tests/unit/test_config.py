@@ -81,21 +81,33 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_cli_rejects_a_bad_config_before_any_ray_work(capsys: pytest.CaptureFixture[str]) -> None:
-    """Exit code 2 and the key named; prepare would start Ray, so this also proves validation comes first."""
+def test_cli_rejects_a_bad_config_before_any_ray_work(
+    capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Exit code 2 and the key named, and the prepare stage (which would start Ray) is never entered."""
+    import polyalign_ray.cli as cli
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the prepare stage started despite a bad config")
+
+    monkeypatch.setattr(cli, "_run_prepare", must_not_run)
     assert main(["prepare", "--output", "/nonexistent/x", "data.max_row_chars=0", "sampler.alhpa=1"]) == 2
     err = capsys.readouterr().err
     assert "data.max_row_chars must be > 0" in err
     assert "did you mean 'sampler.alpha'" in err
 
 
-def test_sft_bad_config_fails_before_ray(capsys: pytest.CaptureFixture[str]) -> None:
-    """ZeRO stage 5, batch size 0 and an unknown key: exit 2, every key named, no Ray started."""
+def test_sft_bad_config_fails_before_ray(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """ZeRO stage 5, batch size 0 and an unknown key: exit 2, every key named, and the stage (which would start
+    Ray) is never entered."""
+    import polyalign_ray.cli as cli
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the SFT stage started despite a bad config")
+
+    monkeypatch.setattr(cli, "_run_sft", must_not_run)
     assert main(["sft", "sft.zero_stage=5", "sft.micro_batch_size=0", "sft.nm_workers=2"]) == 2
     err = capsys.readouterr().err
     assert "sft.zero_stage must be 0, 1, 2 or 3, got 5" in err
     assert "sft.micro_batch_size must be >= 1, got 0" in err
     assert "did you mean 'sft.num_workers'" in err
-    import ray
-
-    assert not ray.is_initialized()
