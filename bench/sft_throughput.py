@@ -1,0 +1,835 @@
+#!/usr/bin/env python3
+"""Our SFT loop vs TRL's SFTTrainer: tokens/s on the same model, data, batch size and sequence length, single
+process on CPU, measured in the same run.
+
+TRL side: the shared baseline script (``../shared/bench/trl_baseline.py`` beside the repository) run as a
+subprocess with ``--trainers sft --format conversational`` by a Python that has ``trl`` (a separate venv,
+``bench/.venv-trl`` by default; see bench/README.md), once with its default gradient checkpointing (on) and once
+with ``--gradient-checkpointing off``.
+
+Our side, on the same inputs: the shared script's own generators (``TextGen``, ``build_tokenizer``,
+``build_pairs``, ``build_model``, same seed, pairs, tokenizer and model config) imported from that file; each pair's
+(prompt, chosen) becomes one of our records (language en, or zh for zh and code-mixed, track single, family
+assistant, length bin from ``schema.count_length_tokens``), tokenized by ``sft_data.tokenize_records`` (our prompt
+renderer applies the tokenizer's ChatML chat template, which is why TRL runs with ``--format conversational``: both
+sides train on chat-formatted prompts), trained by ``loops.sft.run_sft`` on a ``LocalStrategy`` with bucket
+balancing on (``SamplerConfig(alpha=0.0)``), gradient checkpointing off (our default) and, for reference, on.
+
+Both sides: ``torch.set_num_threads(--threads)``, fp32, micro-batch 8, no accumulation, max_length 384, learning
+rate 2e-5 with a linear decay and no warmup (TRL's defaults), clipping at 1.0. Timing is the same on both sides:
+a stamp at the end of every optimizer step (TRL: a ``TrainerCallback.on_step_end``; ours: run_sft's ``on_log``
+with ``log_every=1``), the first --warmup steps excluded, then the step-to-step intervals of the next --steps
+steps (data, forward, backward, optimizer, scheduler and logging included). Tokens are the real (non-pad) tokens
+of each batch, the attention-mask sum of prompt+completion (TRL: counted in ``training_step``; ours: counted in a
+wrapper around ``loops.sft.collate`` installed in the child process; no package file is changed). Every run is a
+child process of its own, so peak RSS is per run. Each step also records the CPU the rest of the machine used
+(/proc/stat minus this process), as the shared script does.
+
+Our child also times the phases of each step (sampler + collate, forward, loss, backward, optimizer, metrics
+reduction, log line) by wrapping the objects run_sft calls; ``--profile`` adds cProfile and torch.profiler tables
+over the timed steps of our gradient-checkpointing-off run.
+
+Usage (from the repository root):
+    .venv/bin/python bench/sft_throughput.py --wait-quiet 600 \\
+        --report bench/results/sft_throughput.md --jsonl bench/results/sft_throughput.jsonl
+    .venv/bin/python bench/sft_throughput.py --skip-trl --ours gc_off --steps 5 --profile /tmp/sft_prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = REPO.parent / "shared" / "bench" / "trl_baseline.py"
+DEFAULT_TRL_PYTHON = REPO / "bench" / ".venv-trl" / "bin" / "python"
+MARKER = "SFT_THROUGHPUT_JSON "
+# The shared script's parent prints bare JSON lines; its child prefixes them with this.
+TRL_MARKER = "TRL_BASELINE_JSON "
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TQDM_DISABLE": "1",
+    "DS_ACCELERATOR": "cpu",
+}
+# TRL's SFTConfig defaults (transformers TrainingArguments), matched on our side
+LEARNING_RATE = 2e-5
+MAX_GRAD_NORM = 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers shared by parent and child
+# ----------------------------------------------------------------------------------------------------------------
+def load_shared(path: Path):
+    """The shared TRL baseline script as a module (its import needs only the standard library)."""
+    if not path.is_file():
+        raise SystemExit(
+            f"error: the shared TRL baseline script {path} does not exist.\n"
+            "It is expected at ../shared/bench/trl_baseline.py relative to the repository root "
+            f"({REPO}); pass --shared-script PATH if it lives elsewhere."
+        )
+    spec = importlib.util.spec_from_file_location("trl_baseline_shared", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    missing = [
+        name
+        for name in ("TextGen", "build_tokenizer", "build_pairs", "build_model", "MODEL_CONFIG")
+        if not hasattr(module, name)
+    ]
+    if missing:
+        raise SystemExit(f"error: {path} has no {missing}: not the expected trl_baseline.py")
+    return module
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def system_busy_s() -> float:
+    """CPU seconds all processes on the machine have used since boot (same formula as the shared script)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def machine_cpu_util(window_s: float = 2.0) -> float:
+    """Cores in use on the whole machine over a short window."""
+    b0, t0 = system_busy_s(), time.perf_counter()
+    time.sleep(window_s)
+    return (system_busy_s() - b0) / (time.perf_counter() - t0)
+
+
+def wait_for_quiet(threshold: float, max_wait_s: float, window_s: float = 5.0) -> tuple[float, float]:
+    """Wait until the machine uses under ``threshold`` cores for one window; (seconds waited, last reading)."""
+    start = time.perf_counter()
+    while True:
+        used = machine_cpu_util(window_s)
+        if used != used or used < threshold or time.perf_counter() - start > max_wait_s:
+            return time.perf_counter() - start, used
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = float("nan")
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = int(f.readline().split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "mem_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "host_kernel": platform.release(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child: our SFT loop
+# ----------------------------------------------------------------------------------------------------------------
+def records_from_pairs(pairs: list[dict]) -> Any:
+    """The shared script's (prompt, chosen) pairs as our records. The prompt loses its trailing newline, as TRL's
+    conversational format does (``to_conversational``), so both sides render the same user message."""
+    import pyarrow as pa
+
+    from polyalign_ray.corpus.tables import RECORD_SCHEMA
+    from polyalign_ray.schema import bucket_id, content_key, count_length_tokens, length_bin
+
+    rows = []
+    for i, pair in enumerate(pairs):
+        language = "en" if pair["lang"] == "en" else "zh"  # code-mixed text is Chinese with English words
+        prompt = pair["prompt"].rstrip("\n")
+        response = pair["chosen"]
+        n_tokens = count_length_tokens(response)
+        bin_name = length_bin(n_tokens)
+        rows.append(
+            {
+                "id": f"pair{i:05d}",
+                "source": "trl_baseline",
+                "split": "train",
+                "language": language,
+                "track": "single",
+                "family": "assistant",
+                "prompt": prompt,
+                "context": "",
+                "history": [],
+                "response": response,
+                "length_tokens": n_tokens,
+                "length_bin": bin_name,
+                "bucket_id": bucket_id(language, "single", "assistant", bin_name),
+                "system": "",
+                "group_id": f"pair{i:05d}",
+                "content_key": content_key(prompt, "", [], response),
+                "variety": "",
+                "style": "",
+                "license": "",
+                "language_rule": "given",
+                "family_rule": "given",
+                "machine_translated": False,
+                "origin_file": "trl_baseline.py",
+                "origin_line": i + 1,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+
+class PhaseTimer:
+    """Wall seconds per named phase, per optimizer step (wrappers installed around what run_sft calls)."""
+
+    def __init__(self):
+        self.current: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - t
+
+        timed.__wrapped__ = fn
+        return timed
+
+    def close_step(self) -> None:
+        self.steps.append(self.current)
+        self.current = {}
+
+
+def run_ours(args) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+
+    import polyalign_ray.loops.sft as sft_module
+    from polyalign_ray.config import SamplerConfig, SFTConfig
+    from polyalign_ray.loops.sft import LocalCheckpointer, run_sft
+    from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
+    from polyalign_ray.sft_data import SFTExamples, tokenize_records
+
+    shared = load_shared(Path(args.shared_script))
+    t0 = time.perf_counter()
+    gen = shared.TextGen(args.seed)
+    tok = shared.build_tokenizer(gen, args.seed, args.corpus_sentences)
+    t_tok = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pairs = shared.build_pairs(gen, tok, args.seed, args.pairs)
+    t_data = time.perf_counter() - t0
+    model = shared.build_model(tok, args.seed)
+    gradient_checkpointing = args.child_gc == "on"
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()  # transformers' default kwargs, as TRL passes them
+    n_params = sum(p.numel() for p in model.parameters())
+
+    t0 = time.perf_counter()
+    records = records_from_pairs(pairs)
+    table = tokenize_records(records, tok, max_length=args.max_length, profile_conditioning=False)
+    examples = SFTExamples.from_table(table)
+    t_tokenize = time.perf_counter() - t0
+    sizes = examples.sizes()
+    example_lengths = [len(ids) for bucket in examples.buckets.values() for ids, _ in bucket]
+
+    total_steps = args.warmup + args.steps
+    scratch = Path(tempfile.mkdtemp(prefix="sft_throughput_ours_"))
+    sft = SFTConfig(
+        output_dir=str(scratch),
+        num_workers=1,
+        micro_batch_size=args.batch_size,
+        grad_accum_steps=1,
+        max_steps=total_steps,
+        lr=LEARNING_RATE,
+        weight_decay=0.0,
+        warmup_steps=0,
+        lr_schedule="linear",
+        min_lr_ratio=0.0,
+        max_grad_norm=MAX_GRAD_NORM,
+        loss_normalization="example",
+        log_every=1,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        seed=args.seed,
+    )
+    sampler_config = SamplerConfig(alpha=args.alpha, seed=args.seed)
+    strategy = LocalStrategy(
+        model,
+        adamw_factory(sft.lr, sft.weight_decay),
+        scheduler_factory(
+            warmup_steps=sft.warmup_steps,
+            total_steps=total_steps,
+            schedule=sft.lr_schedule,
+            min_lr_ratio=sft.min_lr_ratio,
+        ),
+        max_grad_norm=sft.max_grad_norm,
+    )
+
+    # Token counting and phase timing: wrappers around the names run_sft looks up at call time.
+    phases = PhaseTimer()
+    batches: list[tuple[int, int, int, int]] = []  # (real tokens, padded tokens, loss tokens, rows)
+    original_collate = sft_module.collate
+
+    def counting_collate(examples_, pad_token_id):
+        batch = original_collate(examples_, pad_token_id)
+        batches.append(
+            (
+                int(batch["attention_mask"].sum()),
+                int(batch["input_ids"].numel()),
+                int((batch["labels"] != -100).sum()),
+                int(batch["input_ids"].shape[0]),
+            )
+        )
+        return batch
+
+    sft_module.collate = phases.wrap("collate", counting_collate)
+    sft_module.response_nll = phases.wrap("loss", sft_module.response_nll)
+    sft_module.weighted_sft_loss = phases.wrap("loss", sft_module.weighted_sft_loss)
+    sft_module._write_metrics_line = phases.wrap("log_line", sft_module._write_metrics_line)
+    model.forward = phases.wrap("forward", model.forward)
+    strategy.backward = phases.wrap("backward", strategy.backward)
+    strategy.optimizer_step = phases.wrap("optimizer_step", strategy.optimizer_step)
+    strategy.all_reduce_sum = phases.wrap("all_reduce_sum", strategy.all_reduce_sum)
+
+    profiler = None
+    cprofiler = None
+    if args.profile:
+        import cProfile
+
+        import torch.profiler
+
+        cprofiler = cProfile.Profile()
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    stamps: list[tuple[float, float, float, float]] = []
+
+    def on_log(line: dict[str, Any]) -> None:
+        stamps.append((time.perf_counter(), cpu_s(), system_busy_s(), os.getloadavg()[0]))
+        phases.close_step()
+        if args.profile and len(stamps) == args.warmup:
+            profiler.start()
+            cprofiler.enable()
+        if args.profile and len(stamps) == total_steps:
+            cprofiler.disable()
+            profiler.stop()
+
+    t0 = time.perf_counter()
+    summary = run_sft(
+        strategy,
+        examples,
+        tok,
+        sft=sft,
+        sampler_config=sampler_config,
+        output_dir=scratch,
+        checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
+        on_log=on_log,
+    )
+    t_train = time.perf_counter() - t0
+
+    if len(stamps) != total_steps:
+        raise RuntimeError(f"expected {total_steps} step stamps, got {len(stamps)}")
+    if args.warmup < 1:
+        raise RuntimeError("--warmup must be >= 1 (the first step has no start stamp)")
+    # interval k (0-based) = step k+2 (stamp k -> stamp k+1); the timed steps are warmup+1 .. warmup+steps
+    dts = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
+    others = [max((b[2] - a[2]) - (b[1] - a[1]), 0.0) / (b[0] - a[0]) for a, b in itertools.pairwise(stamps)]
+    timed = dts[args.warmup - 1 :]
+    timed_others = others[args.warmup - 1 :]
+    quiet = [t for t, o in zip(timed, timed_others, strict=True) if o <= args.quiet_threshold]
+    real = [b[0] for b in batches[args.warmup : total_steps]]
+    padded = [b[1] for b in batches[args.warmup : total_steps]]
+    trained = [b[2] for b in batches[args.warmup : total_steps]]
+    med = statistics.median(timed)
+    sum_t = sum(timed)
+    first, last = stamps[args.warmup - 1], stamps[total_steps - 1]
+    timed_cpu = last[1] - first[1]
+    other_cpu = last[2] - first[2] - timed_cpu
+    metrics = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
+    loop_step_s = [m["step_seconds"] for m in metrics[args.warmup : total_steps]]
+    phase_names = sorted({k for s in phases.steps for k in s})
+    phase_median = {
+        name: round(statistics.median(s.get(name, 0.0) for s in phases.steps[args.warmup : total_steps]), 4)
+        for name in phase_names
+    }
+    phase_median["other"] = round(med - sum(phase_median.values()), 4)
+
+    result = {
+        "side": "ours",
+        "trainer": "polyalign run_sft + LocalStrategy",
+        "format": "chat template (ChatML) via polyalign_ray.prompting.render_prompt",
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "gradient_checkpointing": gradient_checkpointing,
+        "optim": "torch.optim.AdamW (adamw_factory, betas 0.9/0.95, default foreach/fused: single-tensor on CPU)",
+        "learning_rate": LEARNING_RATE,
+        "sampler_alpha": args.alpha,
+        "bucket_sizes": sizes,
+        "bucket_shares_target": summary["bucket_shares_target"],
+        "bucket_counts_drawn": summary["bucket_counts"],
+        "warmup_steps_excluded": args.warmup,
+        "timed_steps": len(timed),
+        "sec_per_step_median": round(med, 4),
+        "sec_per_step_mean": round(sum_t / len(timed), 4),
+        "sec_per_step_min": round(min(timed), 4),
+        "sec_per_step_max": round(max(timed), 4),
+        "sec_per_step_stdev": round(statistics.stdev(timed), 4) if len(timed) > 1 else 0.0,
+        "loop_step_seconds_median": round(statistics.median(loop_step_s), 4),
+        "samples_per_s": round(args.batch_size / med, 3),
+        "samples_per_s_mean_based": round(args.batch_size * len(timed) / sum_t, 3),
+        "tokens_per_s": round(sum(real) / sum_t, 1),
+        "tokens_per_s_median_based": round(statistics.mean(real) / med, 1),
+        "tokens_per_step_mean": round(statistics.mean(real), 1),
+        "padded_tokens_per_step_mean": round(statistics.mean(padded), 1),
+        "pad_fraction": round(1 - sum(real) / sum(padded), 4),
+        "loss_tokens_per_s": round(sum(trained) / sum_t, 1),
+        "sequences_per_step": batches[0][3],
+        "phase_seconds_median": phase_median,
+        "cpu_util_timed": round(timed_cpu / sum_t, 2),
+        "other_procs_cpu_util_timed": round(max(other_cpu, 0.0) / sum_t, 2),
+        "loadavg_1m_timed_start_end": [round(first[3], 2), round(last[3], 2)],
+        "quiet_threshold_cores": args.quiet_threshold,
+        "quiet_steps": len(quiet),
+        "sec_per_step_median_quiet": round(statistics.median(quiet), 4) if quiet else None,
+        "other_procs_cores_per_step": [round(o, 2) for o in others],
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "train_wall_s": round(t_train, 2),
+        "final_loss_logged": round(metrics[-1]["last_loss"], 5),
+        "tokenizer_train_s": round(t_tok, 2),
+        "data_build_s": round(t_data, 2),
+        "tokenize_records_s": round(t_tokenize, 2),
+        "model_params": n_params,
+        "examples": len(example_lengths),
+        "example_tokens_mean": round(statistics.mean(example_lengths), 1),
+        "example_tokens_max": max(example_lengths),
+        "step_times_s": [round(x, 4) for x in dts],
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    if args.profile:
+        result["profile_files"] = write_profiles(Path(args.profile), cprofiler, profiler, args.child_gc)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def write_profiles(directory: Path, cprofiler, profiler, tag: str) -> list[str]:
+    import io
+    import pstats
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sort in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(cprofiler, stream=buf).strip_dirs().sort_stats(sort).print_stats(45)
+        path = directory / f"ours_gc_{tag}_cprofile_{sort}.txt"
+        path.write_text(buf.getvalue())
+        paths.append(str(path))
+    cprofiler.dump_stats(str(directory / f"ours_gc_{tag}.pstats"))
+    path = directory / f"ours_gc_{tag}_torch_ops.txt"
+    path.write_text(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+    paths.append(str(path))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent
+# ----------------------------------------------------------------------------------------------------------------
+def common_argv(args) -> list[str]:
+    return [
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+        "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--pairs", str(args.pairs),
+        "--seed", str(args.seed), "--corpus-sentences", str(args.corpus_sentences),
+        "--quiet-threshold", str(args.quiet_threshold),
+    ]  # fmt: skip
+
+
+def child_env(args) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    env["MKL_NUM_THREADS"] = str(args.threads)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_child(cmd: list[str], env: dict[str, str], log_path: Path, marker: str | None) -> dict | None:
+    """Run one measurement process; its stderr (and non-result stdout) go to ``log_path``."""
+    with log_path.open("w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
+        line = None
+        for out_line in proc.stdout.splitlines():
+            stripped = out_line[len(marker) :] if marker and out_line.startswith(marker) else out_line
+            if stripped.startswith("{"):
+                try:
+                    line = json.loads(stripped)
+                    continue
+                except json.JSONDecodeError:
+                    pass
+            log.write(out_line + "\n")
+    if proc.returncode != 0 or line is None:
+        tail = log_path.read_text().splitlines()[-25:]
+        sys.stderr.write(f"[sft_throughput] FAILED (exit {proc.returncode}): {shlex.join(cmd)}\n")
+        sys.stderr.write("\n".join(tail) + "\n")
+        return None
+    return line
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--trl-python",
+        default=str(DEFAULT_TRL_PYTHON),
+        help=f"Python with trl installed (default {DEFAULT_TRL_PYTHON.relative_to(REPO)})",
+    )
+    ap.add_argument(
+        "--shared-script",
+        default=str(DEFAULT_SHARED),
+        help="the shared TRL baseline (default ../shared/bench/trl_baseline.py from the repo root)",
+    )
+    ap.add_argument(
+        "--trl",
+        default="gc_on,gc_off",
+        help="TRL runs: comma list of gc_on (TRL's default), gc_off (default both)",
+    )
+    ap.add_argument(
+        "--ours", default="gc_off,gc_on", help="our runs: gc_off (our default), gc_on (default both)"
+    )
+    ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole set this many times, interleaved; figures are medians over repeats",
+    )
+    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default 20)")
+    ap.add_argument(
+        "--warmup", type=int, default=2, help="optimizer steps excluded from timing (default 2, >= 1)"
+    )
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides (default 2)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=384)
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus-sentences", type=int, default=60000)
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=0.0,
+        help="our sampler's alpha (default 0.0 = every bucket equal: bucket balancing on)",
+    )
+    ap.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.15,
+        help="a step is quiet when other processes used at most this many cores (default 0.15)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to SECONDS for the machine to be idle (default 0: no wait)",
+    )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="also write cProfile and torch.profiler tables of our timed steps to DIR",
+    )
+    ap.add_argument(
+        "--busy-limit",
+        type=float,
+        default=0.25,
+        help="a run whose timed steps saw other processes use more cores than this is run again (default 0.25)",
+    )
+    ap.add_argument("--retries", type=int, default=3, help="reruns of a busy run (default 3)")
+    ap.add_argument(
+        "--quiet-window", type=float, default=10.0, help="seconds the machine must stay idle (default 10)"
+    )
+    ap.add_argument("--logs", default=None, metavar="DIR", help="keep each child's log here (default: temp)")
+    ap.add_argument("--jsonl", default=None, help="append one JSON line per run and one summary line here")
+    ap.add_argument("--report", default=None, help="write the Markdown report here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.warmup < 1:
+        ap.error("--warmup must be >= 1")
+    return args
+
+
+def fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def run_label(r: dict) -> str:
+    side = "TRL SFTTrainer" if r["side"] == "trl" else "ours run_sft"
+    return f"{side}, GC {'on' if r['gradient_checkpointing'] else 'off'}"
+
+
+def aggregate(runs: list[dict]) -> dict[str, dict]:
+    """Median over repeats of each configuration."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["config"], []).append(r)
+    out = {}
+    for key, rs in by.items():
+        out[key] = {
+            "config": key,
+            "repeats": len(rs),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+            "sec_per_step_median": statistics.median(r["sec_per_step_median"] for r in rs),
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in rs),
+            "other_procs_cpu_util_timed": max(r["other_procs_cpu_util_timed"] for r in rs),
+        }
+    return out
+
+
+def ratios(agg: dict[str, dict]) -> list[tuple[str, str, str, float]]:
+    pairs = [
+        ("ours_gc_off", "trl_gc_on", "ours (GC off, our default) / TRL (GC on, TRL's default)"),
+        ("ours_gc_off", "trl_gc_off", "ours / TRL, both GC off (like for like)"),
+        ("ours_gc_on", "trl_gc_on", "ours / TRL, both GC on (like for like)"),
+    ]
+    out = []
+    for a, b, label in pairs:
+        if a in agg and b in agg:
+            out.append((a, b, label, agg[a]["tokens_per_s"] / agg[b]["tokens_per_s"]))
+    return out
+
+
+def render_report(args, argv: list[str], runs: list[dict], info: dict, load: dict, agg, rats) -> str:
+    lines = ["# SFT throughput: our loop vs TRL's SFTTrainer (single process, CPU)", ""]
+    lines += [
+        f"- Date: {load['date']}",
+        f"- Command: `{shlex.join(['.venv/bin/python', 'bench/sft_throughput.py', *argv])}`",
+        f"- Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['mem_gib']} GiB, "
+        f"Python {info['python']}",
+        f"- Load: 1-min load average {load['loadavg_before']} before, {load['loadavg_after']} after; machine CPU "
+        f"use before the first run {load['machine_cores_before']} cores; other processes' CPU during each run's "
+        "timed steps is in the table (cores; ~0 means quiet).",
+        f"- Settings: {args.steps} timed steps after {args.warmup} warm-up steps, batch {args.batch_size}, "
+        f"max_length {args.max_length}, {args.threads} torch threads, fp32, seed {args.seed}, {args.pairs} pairs; "
+        "TRL with `--format conversational` (chat-formatted prompts, like ours); ours with "
+        f"`SamplerConfig(alpha={args.alpha})` (bucket balancing on).",
+        "",
+        "| run | repeat | s/step (median) | s/step (mean) | real tokens/s | tokens/step | pad frac | samples/s "
+        "| peak RSS MiB | other procs (cores) | quiet steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {run_label(r)} | {r['repeat']} | {fmt(r['sec_per_step_median'])} | {fmt(r['sec_per_step_mean'])} "
+            f"| {fmt(r['tokens_per_s'], 1)} | {fmt(r['tokens_per_step_mean'], 1)} | {fmt(r['pad_fraction'])} "
+            f"| {fmt(r['samples_per_s'])} | {fmt(r['peak_rss_mib'], 0)} | {fmt(r['other_procs_cpu_util_timed'], 2)} "
+            f"| {r['quiet_steps']}/{r['timed_steps']} |"
+        )
+    lines += ["", "Ratio of real tokens/s (median over repeats):", ""]
+    for _, _, label, value in rats:
+        lines.append(f"- {label}: **{value:.2f}×**")
+    ours = [r for r in runs if r["side"] == "ours"]
+    if ours:
+        lines += ["", "Our step, by phase (median seconds over the timed steps):", ""]
+        names = list(ours[0]["phase_seconds_median"])
+        lines.append("| run | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---|" * len(names))
+        for r in ours:
+            lines.append(
+                f"| {run_label(r)} (repeat {r['repeat']}) | "
+                + " | ".join(fmt(r["phase_seconds_median"].get(n), 4) for n in names)
+                + " |"
+            )
+        r = ours[0]
+        lines += [
+            "",
+            f"Our buckets (train examples): {r['bucket_sizes']}; drawn over the run: {r['bucket_counts_drawn']}.",
+        ]
+    trl = [r for r in runs if r["side"] == "trl"]
+    if trl:
+        v = trl[0].get("versions", {})
+        lines += [
+            "",
+            f"TRL side: trl {v.get('trl')}, transformers {v.get('transformers')}, torch {v.get('torch')}, "
+            f"accelerate {v.get('accelerate')}, datasets {v.get('datasets')}; optimizer {trl[0].get('optim')}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child == "ours":
+        for k, v in OFFLINE_ENV.items():
+            os.environ.setdefault(k, v)
+        result = run_ours(args)
+        sys.stdout.write(MARKER + json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return 0
+
+    shared_path = Path(args.shared_script).resolve()
+    load_shared(shared_path)  # clear error now if it is missing
+    trl_python = Path(args.trl_python)
+    if not trl_python.is_absolute():
+        trl_python = REPO / trl_python
+    plan: list[tuple[str, str]] = []
+    if not args.skip_trl:
+        if not trl_python.exists():
+            raise SystemExit(
+                f"error: no Python at {trl_python} (--trl-python). Create the TRL venv (bench/README.md):\n"
+                "  python3 -m venv bench/.venv-trl && bench/.venv-trl/bin/pip install torch==2.13.0 trl "
+                "transformers==5.24.0 accelerate datasets tokenizers\n"
+                "or pass --skip-trl for our side alone."
+            )
+        plan += [("trl", c.strip()) for c in args.trl.split(",") if c.strip()]
+    plan += [("ours", c.strip()) for c in args.ours.split(",") if c.strip()]
+    for side, c in plan:
+        if c not in ("gc_on", "gc_off"):
+            raise SystemExit(f"error: unknown configuration {c!r} for {side} (gc_on, gc_off)")
+
+    log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="sft_throughput_logs_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = child_env(args)
+    info = machine_info()
+    load = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "machine_cores_before": round(machine_cpu_util(2.0), 2),
+    }
+    sys.stderr.write(f"[sft_throughput] logs in {log_dir}; load {load}\n")
+    runs = []
+    discarded = []
+    for repeat in range(args.repeats):
+        for side, c in plan:
+            gc = c.split("_")[1]
+            for attempt in range(args.retries + 1):
+                waited = None
+                if args.wait_quiet > 0:
+                    waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
+                    sys.stderr.write(
+                        f"[sft_throughput] waited {waited:.0f}s (machine {used:.2f} cores) before {side} {c}\n"
+                    )
+                log_path = log_dir / f"{side}_{c}_r{repeat}_a{attempt}.log"
+                t0 = time.perf_counter()
+                if side == "trl":
+                    cmd = [str(trl_python), str(shared_path), "--trainers", "sft", "--format", "conversational",
+                           "--gradient-checkpointing", gc, *common_argv(args)]  # fmt: skip
+                    result = run_child(cmd, env, log_path, TRL_MARKER)
+                    if result is not None:
+                        result["side"] = "trl"
+                else:
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--child-gc", gc,
+                           "--shared-script", str(shared_path), "--alpha", str(args.alpha), *common_argv(args)]  # fmt: skip
+                    if args.profile and gc == "off":
+                        cmd += ["--profile", args.profile]
+                    result = run_child(cmd, env, log_path, MARKER)
+                if result is None:
+                    return 1
+                result.update(
+                    config=f"{side}_{c}",
+                    repeat=repeat,
+                    attempt=attempt,
+                    process_wall_s=round(time.perf_counter() - t0, 1),
+                    waited_for_quiet_s=None if waited is None else round(waited, 1),
+                )
+                busy = result["other_procs_cpu_util_timed"] > args.busy_limit
+                sys.stderr.write(
+                    f"[sft_throughput] {run_label(result)}: {result['sec_per_step_median']:.3f} s/step, "
+                    f"{result['tokens_per_s']:.0f} tokens/s, other procs {result['other_procs_cpu_util_timed']} "
+                    f"cores{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
+                )
+                if not busy or attempt == args.retries:
+                    result["busy"] = busy
+                    runs.append(result)
+                    break
+                discarded.append({**result, "busy": True, "discarded": True})
+    load["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    agg = aggregate(runs)
+    rats = ratios(agg)
+    summary = {
+        "summary": True,
+        "date": load["date"],
+        "machine": info,
+        "load": load,
+        "aggregate": agg,
+        "ratios_tokens_per_s": {f"{a}/{b}": round(v, 3) for a, b, _, v in rats},
+        "discarded_busy_runs": [
+            (d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded
+        ],
+        "command": shlex.join(["bench/sft_throughput.py", *argv]),
+    }
+
+    # Table on stdout, then the JSON lines.
+    report = render_report(args, argv, runs, info, load, agg, rats)
+    if discarded:
+        report += (
+            f"\nRuns discarded because other processes used more than {args.busy_limit} cores during their timed "
+            "steps (each was run again): "
+            + "; ".join(
+                f"{run_label(d)} repeat {d['repeat']}: {d['tokens_per_s']:.0f} tokens/s with "
+                f"{d['other_procs_cpu_util_timed']} cores busy"
+                for d in discarded
+            )
+            + ".\n"
+        )
+    if any(r.get("busy") for r in runs):
+        report += (
+            "\n**Warning: some kept runs were still busy after all retries; their figures are not clean.**\n"
+        )
+    print(report)
+    for r in runs:
+        print(json.dumps(r, ensure_ascii=False))
+    print(json.dumps(summary, ensure_ascii=False))
+    if args.jsonl:
+        with open(args.jsonl, "a") as f:
+            for r in runs + discarded:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    if args.report:
+        Path(args.report).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
