@@ -3,6 +3,7 @@ global denominators, so the same function is right on one process and on N data-
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -66,3 +67,125 @@ def weighted_sft_loss(
     if normalization == "token":
         return (weights * nll_sum).sum() / denominator
     raise ValueError(f"normalization must be 'example' or 'token', got {normalization!r}")
+
+
+def dpo_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Per-pair preference loss from log-ratios log pi(y) - log pi_ref(y) of the chosen and rejected answers.
+
+    sigmoid: -log sigma(beta * h); cdpo (label-smoothed): -(1 - eps) log sigma(beta h) - eps log sigma(-beta h);
+    ipo: (h - 1 / (2 beta))^2, with h = chosen_logratio - rejected_logratio. At policy = reference h = 0 and the
+    sigmoid loss is ln 2.
+    """
+    h = chosen_logratios - rejected_logratios
+    if loss_type == "sigmoid":
+        return -torch.nn.functional.logsigmoid(beta * h)
+    if loss_type == "cdpo":
+        return -(1 - label_smoothing) * torch.nn.functional.logsigmoid(
+            beta * h
+        ) - label_smoothing * torch.nn.functional.logsigmoid(-beta * h)
+    if loss_type == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"loss_type must be sigmoid, ipo or cdpo, got {loss_type!r}")
+
+
+def pair_weights(
+    rarity: torch.Tensor,
+    chosen_distance: torch.Tensor,
+    rejected_distance: torch.Tensor,
+    *,
+    a: float = 0.5,
+    c: float = 1.0,
+    w_min: float = 0.5,
+    w_max: float = 3.0,
+) -> torch.Tensor:
+    """w_i = clip(1 + a * rarity(b_i) + c * max(0, d_r - d_c), w_min, w_max) (METHOD.md section 5)."""
+    raw = 1 + a * rarity + c * torch.clamp(rejected_distance - chosen_distance, min=0)
+    return torch.clamp(raw, w_min, w_max)
+
+
+@dataclasses.dataclass
+class HDPOOutput:
+    """The HDPO loss and its parts (per-pair tensors have shape (B,))."""
+
+    loss: torch.Tensor
+    preference_loss: torch.Tensor
+    regularizer: torch.Tensor
+    sft_loss: torch.Tensor
+    per_pair_preference: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    preference_probability: torch.Tensor
+    expected_distance: torch.Tensor
+
+    def metrics(self) -> dict[str, float]:
+        margins = self.chosen_rewards - self.rejected_rewards
+        return {
+            "loss": float(self.loss.detach()),
+            "preference_loss": float(self.preference_loss.detach()),
+            "regularizer": float(self.regularizer.detach()),
+            "sft_loss": float(self.sft_loss.detach()),
+            "rewards/chosen": float(self.chosen_rewards.detach().mean()),
+            "rewards/rejected": float(self.rejected_rewards.detach().mean()),
+            "rewards/margins": float(margins.detach().mean()),
+            "rewards/accuracy": float((margins.detach() > 0).float().mean()),
+        }
+
+
+def hdpo_loss(
+    *,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    chosen_distance: torch.Tensor,
+    rejected_distance: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    chosen_nll: torch.Tensor | None = None,
+    beta: float = 0.1,
+    reg_lambda: float = 0.1,
+    sft_coef: float = 0.05,
+    weight_mean: float = 1.0,
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> HDPOOutput:
+    """L = sum_i w_i l_i / (B * w_bar) + lambda * mean_i R_i + gamma * mean_i NLL(y_c) (METHOD.md section 5).
+
+    r = beta * (log pi - log pi_ref); l_i the preference loss of the rewards' margin; q_i = sigma(r_c - r_r);
+    R_i = q_i d_c + (1 - q_i) d_r, the expected human-support distance of the answer the policy prefers. R uses
+    the reference-normalized margin (the authors' raw policy log-prob margin saturates sigma and has no gradient),
+    and w_bar is the dataset mean of the weights (never the batch's). With reg_lambda = sft_coef = 0 and unit
+    weights this is exactly DPO.
+    """
+    chosen_logratios = policy_chosen_logps - reference_chosen_logps
+    rejected_logratios = policy_rejected_logps - reference_rejected_logps
+    chosen_rewards = beta * chosen_logratios
+    rejected_rewards = beta * rejected_logratios
+    per_pair = dpo_loss(
+        chosen_logratios, rejected_logratios, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+    )
+    batch = per_pair.shape[0]
+    if weights is None:
+        weights = torch.ones_like(per_pair)
+    preference = (weights * per_pair).sum() / (batch * weight_mean)
+    q = torch.sigmoid(chosen_rewards - rejected_rewards)
+    expected = q * chosen_distance + (1 - q) * rejected_distance
+    regularizer = expected.mean()
+    sft = chosen_nll.mean() if chosen_nll is not None else torch.zeros((), dtype=per_pair.dtype)
+    return HDPOOutput(
+        loss=preference + reg_lambda * regularizer + sft_coef * sft,
+        preference_loss=preference,
+        regularizer=regularizer,
+        sft_loss=sft,
+        per_pair_preference=per_pair,
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        preference_probability=q,
+        expected_distance=expected,
+    )
