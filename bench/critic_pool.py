@@ -45,7 +45,7 @@ Run from the repository root::
 
     .venv/bin/python bench/critic_pool.py --report bench/results/critic_pool.md --jsonl bench/results/critic_pool.jsonl
     .venv/bin/python bench/critic_pool.py --bundle runs/demo/critic
-    .venv/bin/python bench/critic_pool.py --quick          # a smoke test (~1 minute)
+    .venv/bin/python bench/critic_pool.py --quick          # a smoke test (about 2 minutes)
 """
 
 from __future__ import annotations

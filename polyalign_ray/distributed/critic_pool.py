@@ -92,6 +92,7 @@ class CriticPool:
             ray.kill(actor, no_restart=True)
         self.actors = []
         self._in_flight.clear()
+        self._done.clear()
 
     def __enter__(self) -> CriticPool:
         return self
