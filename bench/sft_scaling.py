@@ -440,6 +440,13 @@ def parse_args(argv=None):
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--quiet-threshold", type=float, default=0.15)
     ap.add_argument("--quiet-window", type=float, default=10.0, help="seconds the machine must stay idle")
+    ap.add_argument(
+        "--busy-limit",
+        type=float,
+        default=0.15,
+        help="a fit during which other processes used more cores than this is run again (default 0.15)",
+    )
+    ap.add_argument("--retries", type=int, default=3, help="reruns of a busy fit (default 3)")
     ap.add_argument("--out", default=None, help="work folder (default: temp, deleted unless --keep)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--jsonl", default=None)
@@ -516,34 +523,58 @@ def main(argv=None) -> int:
         object_store_memory=256 * 2**20,
         log_to_driver=False,
     )
-    rows = []
+    rows: list[dict] = []
+    discarded: list[dict] = []
     try:
         if not args.no_warmup_fit:
             w = measure_warmup(args, data_dir, work / "runs" / "warmup")
             sys.stderr.write(f"[sft_scaling] warm-up fit: {w:.1f} s\n")
         for workers, zero, threads in configs:
             name = config_name(workers, zero, threads)
-            waited = None
-            if args.wait_quiet > 0:
-                waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
+            for attempt in range(args.retries + 1):
+                waited = None
+                if args.wait_quiet > 0:
+                    waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
+                    sys.stderr.write(
+                        f"[sft_scaling] waited {waited:.0f}s (other processes {used:.2f} cores) before {name}\n"
+                    )
+                out = (work / "runs" / name).resolve()
+                if out.exists():
+                    shutil.rmtree(out)
+                row = measure(args, data_dir, out, workers, zero, threads)
+                row["waited_for_quiet_s"] = None if waited is None else round(waited, 1)
+                row["attempt"] = attempt
+                busy = row["load"]["other_procs_cpu_cores"] > args.busy_limit
                 sys.stderr.write(
-                    f"[sft_scaling] waited {waited:.0f}s (other processes {used:.2f} cores) before {name}\n"
+                    f"[sft_scaling] {name}: step {row['step_s_median'] * 1000:.0f} ms, {row['tokens_per_s']:.0f} "
+                    f"tokens/s, fit {row['fit_wall_s']:.1f} s, overhead {row['fixed_overhead_s']:.1f} s, "
+                    f"other procs {row['load']['other_procs_cpu_cores']} cores"
+                    f"{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
                 )
-            out = (work / "runs" / name).resolve()
-            if out.exists():
-                shutil.rmtree(out)
-            row = measure(args, data_dir, out, workers, zero, threads)
-            row["waited_for_quiet_s"] = None if waited is None else round(waited, 1)
-            rows.append(row)
-            sys.stderr.write(
-                f"[sft_scaling] {name}: step {row['step_s_median'] * 1000:.0f} ms, {row['tokens_per_s']:.0f} "
-                f"tokens/s, fit {row['fit_wall_s']:.1f} s, overhead {row['fixed_overhead_s']:.1f} s, "
-                f"other procs {row['load']['other_procs_cpu_cores']} cores\n"
-            )
+                if not busy or attempt == args.retries:
+                    row["busy"] = busy
+                    rows.append(row)
+                    break
+                discarded.append({**row, "busy": True, "discarded": True})
     finally:
         ray.shutdown()
 
     report = render(args, argv, rows, info, prep, date)
+    if discarded:
+        report += (
+            f"\nFits discarded because other processes used more than {args.busy_limit} cores (each was run "
+            "again): "
+            + "; ".join(
+                f"{d['config']}: step {d['step_s_median'] * 1000:.0f} ms with {d['load']['other_procs_cpu_cores']} "
+                "cores busy"
+                for d in discarded
+            )
+            + ".\n"
+        )
+    if any(r.get("busy") for r in rows):
+        report += (
+            "\n**Warning: some kept fits were still busy after all retries; their figures are not clean.**\n"
+        )
     print(report)
     summary = {"summary": True, "date": date, "machine": info, "prep": prep,
                "command": shlex.join(["bench/sft_scaling.py", *argv])}  # fmt: skip
@@ -552,7 +583,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary))
     if args.jsonl:
         with open(args.jsonl, "a") as f:
-            for r in rows:
+            for r in rows + discarded:
                 f.write(json.dumps({**r, "date": date}) + "\n")
             f.write(json.dumps(summary) + "\n")
     if args.report:
