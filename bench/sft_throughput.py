@@ -244,7 +244,8 @@ def run_ours(args) -> dict[str, Any]:
 
     import polyalign_ray.loops.sft as sft_module
     from polyalign_ray.config import SamplerConfig, SFTConfig
-    from polyalign_ray.loops.sft import LocalCheckpointer, run_sft
+    from polyalign_ray.loops.checkpoints import LocalCheckpointer
+    from polyalign_ray.loops.sft import run_sft
     from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
     from polyalign_ray.sft_data import SFTExamples, tokenize_records
 

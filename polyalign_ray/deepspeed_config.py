@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from polyalign_ray.config import ModelConfig, SFTConfig
+from polyalign_ray.config import HDPOConfig, ModelConfig, SFTConfig
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,9 +28,10 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def deepspeed_config(sft: SFTConfig, model: ModelConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(sft: SFTConfig | HDPOConfig, model: ModelConfig, world_size: int) -> dict[str, Any]:
     """ZeRO stage, batch geometry, clipping and precision; fp16 is never used (unsupported on CPU, and bf16 is the
-    safer choice on GPUs). ``sft.deepspeed_config`` (a JSON file) overrides any key."""
+    safer choice on GPUs). ``sft`` is the SFT or the HDPO section (same geometry keys); its ``deepspeed_config``
+    (a JSON file) overrides any key."""
     zero: dict[str, Any] = {"stage": sft.zero_stage}
     if sft.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": sft.use_gpu}

@@ -78,6 +78,22 @@ class DeepSpeedStrategy:
     def barrier(self) -> None:
         dist.barrier()
 
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        import deepspeed
+
+        module = self.engine.module
+        state = None
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.zero_stage == 3):
+            if self.rank == 0:
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        dist.barrier()
+        return state
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG)

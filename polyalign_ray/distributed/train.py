@@ -35,7 +35,8 @@ from ray.train.torch import TorchTrainer
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
 from polyalign_ray.corpus.tables import RECORD_SCHEMA, split_dir
 from polyalign_ray.deepspeed_config import deepspeed_config
-from polyalign_ray.loops.sft import STATE_FILE, run_sft, total_optimizer_steps
+from polyalign_ray.loops.checkpoints import STATE_FILE
+from polyalign_ray.loops.sft import run_sft, total_optimizer_steps
 from polyalign_ray.loops.strategy import adamw_factory, scheduler_factory
 from polyalign_ray.models import apply_lora, load_causal_lm, load_tokenizer
 from polyalign_ray.sft_data import SFTExamples, tokenize_records

@@ -16,22 +16,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from polyalign_ray.config import SamplerConfig, SFTConfig
+from polyalign_ray.loops.checkpoints import (
+    STATE_FILE,
+    Checkpointer,
+    maybe_fail,
+    truncate_metrics,
+    write_metrics_line,
+)
 from polyalign_ray.loops.strategy import Strategy
 from polyalign_ray.losses import response_nll, weighted_sft_loss
 from polyalign_ray.sampler import BucketBalancedSampler, bucket_loss_weights
 from polyalign_ray.sft_data import SFTExamples, collate
-
-STATE_FILE = "state.json"
 
 
 def total_optimizer_steps(sft: SFTConfig, num_examples: int, world_size: int) -> int:
@@ -40,33 +43,6 @@ def total_optimizer_steps(sft: SFTConfig, num_examples: int, world_size: int) ->
         return sft.max_steps
     global_batch = sft.micro_batch_size * sft.grad_accum_steps * world_size
     return max(1, math.ceil(sft.epochs * num_examples / global_batch))
-
-
-class Checkpointer(Protocol):
-    """Where checkpoints go: a folder per step locally, or Ray Train's reported checkpoints."""
-
-    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
-        """Call ``write(directory)`` on every rank, then make the directory the latest checkpoint."""
-
-
-class LocalCheckpointer:
-    """``OUTDIR/checkpoints/step_000042/``, keeping the newest ``keep`` of them."""
-
-    def __init__(self, root: Path, keep: int, rank: int = 0):
-        self.root = root
-        self.keep = keep
-        self.rank = rank
-
-    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
-        directory = self.root / f"step_{step:06d}"
-        write(directory)
-        if self.rank == 0:
-            for old in sorted(self.root.glob("step_*"))[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def latest(self) -> Path | None:
-        found = sorted(p for p in self.root.glob("step_*") if (p / STATE_FILE).is_file())
-        return found[-1] if found else None
 
 
 @dataclasses.dataclass
@@ -79,31 +55,6 @@ class WindowStats:
     seconds: float = 0.0
     bucket_counts: torch.Tensor | None = None
     bucket_nll: torch.Tensor | None = None
-
-
-def _write_metrics_line(path: Path, line: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop log lines written after the checkpoint (they will be written again)."""
-    if not path.is_file():
-        return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if json.loads(line)["step"] <= last_step
-    ]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _maybe_fail(sft: SFTConfig, step: int, rank: int, world_size: int, output_dir: Path) -> None:
-    """Testing hook: the last rank exits abruptly, once, at ``sft.fail_at_step``."""
-    marker = output_dir / f".failed_at_step_{step}"
-    if sft.fail_at_step == step and rank == world_size - 1 and not marker.exists():
-        marker.touch()
-        os._exit(1)
 
 
 def run_sft(
@@ -149,7 +100,7 @@ def run_sft(
         sampler.load_state_dict(state["sampler"])
         cumulative = torch.tensor(state["bucket_counts_vector"], dtype=torch.float64)
         if rank == 0:
-            _truncate_metrics(metrics_path, sampler.step)
+            truncate_metrics(metrics_path, sampler.step)
     else:
         cumulative = torch.zeros(len(sampler.buckets), dtype=torch.float64)
         if rank == 0 and metrics_path.exists():
@@ -198,7 +149,7 @@ def run_sft(
                 bucket_nll[bucket_index[bucket]] += value
         grad_norm = strategy.optimizer_step()
         step = sampler.step
-        _maybe_fail(sft, step, rank, world, output_dir)
+        maybe_fail(sft.fail_at_step, step, rank, world, output_dir)
 
         reduced = strategy.all_reduce_sum(
             torch.cat(
@@ -239,7 +190,7 @@ def run_sft(
                 },
             }
             if rank == 0:
-                _write_metrics_line(metrics_path, line)
+                write_metrics_line(metrics_path, line)
             if on_log is not None:
                 on_log(line)
             window = WindowStats()

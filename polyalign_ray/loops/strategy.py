@@ -44,6 +44,13 @@ class Strategy(Protocol):
 
     def barrier(self) -> None: ...
 
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (other ranks pass anything, e.g. None)."""
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full, unpartitioned weights as CPU tensors on rank 0 (None on other ranks); every rank must call it
+        (under ZeRO-3 the partitions are gathered). Used to push the current policy to a rollout generator."""
+
     def save(self, directory: Path) -> None:
         """Model, optimizer and scheduler state into ``directory`` (every rank calls it)."""
 
@@ -151,6 +158,12 @@ class LocalStrategy:
 
     def barrier(self) -> None:
         return None
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return {k: v.detach().cpu().clone() for k, v in self._model.state_dict().items()}
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ pytestmark = [
 def test_sft_steps_on_gpu_in_bf16(tmp_path) -> None:
     """The local SFT loop on the GPU in bfloat16: the loss falls over a few steps of a tiny model."""
     from polyalign_ray.config import ModelConfig, SamplerConfig, SFTConfig
-    from polyalign_ray.loops.sft import LocalCheckpointer, run_sft
+    from polyalign_ray.loops.checkpoints import LocalCheckpointer
+    from polyalign_ray.loops.sft import run_sft
     from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
     from polyalign_ray.models import builtin_model, train_builtin_tokenizer
     from polyalign_ray.sft_data import SFTExamples, tokenize_records

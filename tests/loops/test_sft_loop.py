@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from polyalign_ray.config import SamplerConfig, SFTConfig
-from polyalign_ray.loops.sft import LocalCheckpointer, run_sft, total_optimizer_steps
+from polyalign_ray.loops.checkpoints import LocalCheckpointer
+from polyalign_ray.loops.sft import run_sft, total_optimizer_steps
 from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
 from polyalign_ray.sft_data import SFTExamples, tokenize_records
 from tests.loops.tiny import TINY, make_records

@@ -1,0 +1,280 @@
+"""Preference pairs for HDPO (METHOD.md section 5): building them, tokenizing them, reference log-probs, batches.
+
+A pair is one prompt (a record), a chosen and a rejected answer, the critic's distance to human support of each,
+the pair weight ``w`` and the frozen reference's summed log-probs of both answers.
+
+- **Offline**: chosen = the record's human answer, rejected = an SFT sample for the same prompt (exact matches are
+  dropped: they would teach nothing and make the loss constant).
+- **Online**: the current policy samples k answers per prompt; the critic scores them (and the human answer);
+  chosen = the lowest-distance candidate among the samples and the human answer, rejected = the highest-distance
+  sample; a pair is kept only when the distance gap exceeds a margin.
+
+Everything here is plain Python/torch: Ray Data, the Ray Train workers and the rollout actors call these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from polyalign_ray.losses import IGNORE_INDEX, pair_weights, sequence_log_probs
+from polyalign_ray.sampler import bucket_row_indices
+from polyalign_ray.sft_data import collate, example_ids_and_labels
+
+PAIR_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("id", pa.string()),
+        ("bucket_id", pa.string()),
+        ("chosen_input_ids", pa.list_(pa.int32())),
+        ("chosen_labels", pa.list_(pa.int32())),
+        ("rejected_input_ids", pa.list_(pa.int32())),
+        ("rejected_labels", pa.list_(pa.int32())),
+        ("chosen_distance", pa.float64()),
+        ("rejected_distance", pa.float64()),
+        ("weight", pa.float64()),
+        ("reference_chosen_logps", pa.float64()),
+        ("reference_rejected_logps", pa.float64()),
+    ]
+)
+"""A tokenized pair as stored (one row per pair). Reference log-probs are NaN when computed in the workers."""
+
+
+@dataclasses.dataclass
+class TokenizedPair:
+    """One pair ready for a micro-batch (``version``: the policy version that generated the rejected answer
+    online, used for staleness; 0 offline)."""
+
+    bucket_id: str
+    chosen_ids: np.ndarray
+    chosen_labels: np.ndarray
+    rejected_ids: np.ndarray
+    rejected_labels: np.ndarray
+    chosen_distance: float
+    rejected_distance: float
+    weight: float
+    reference_chosen_logps: float = float("nan")
+    reference_rejected_logps: float = float("nan")
+    version: int = 0
+    pair_id: str = ""
+
+
+def bucket_rarity(bucket_counts: Mapping[str, int]) -> dict[str, float]:
+    """rarity(b) = (1 / n_b) / max_b' (1 / n_b') = min_b' n_b' / n_b: 1 for the rarest bucket, towards 0 for common
+    ones (METHOD.md: normalized inverse bucket frequency in [0, 1]). Buckets with no examples are left out."""
+    present = {b: int(n) for b, n in bucket_counts.items() if n > 0}
+    if not present:
+        return {}
+    smallest = min(present.values())
+    return {b: smallest / n for b, n in present.items()}
+
+
+def weights_for_pairs(
+    buckets: Sequence[str],
+    chosen_distance: Sequence[float],
+    rejected_distance: Sequence[float],
+    rarity: Mapping[str, float],
+    *,
+    a: float,
+    c: float,
+    w_min: float,
+    w_max: float,
+) -> np.ndarray:
+    """Pair weights w_i of METHOD.md section 5 (a bucket missing from ``rarity`` counts as rarity 0)."""
+    rarities = torch.tensor([rarity.get(b, 0.0) for b in buckets], dtype=torch.float64)
+    weights = pair_weights(
+        rarities,
+        torch.tensor(list(chosen_distance), dtype=torch.float64),
+        torch.tensor(list(rejected_distance), dtype=torch.float64),
+        a=a,
+        c=c,
+        w_min=w_min,
+        w_max=w_max,
+    )
+    return weights.numpy()
+
+
+def offline_pairs(
+    records: Sequence[Mapping[str, Any]], samples: Mapping[str, Sequence[str]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(pairs, counts): one pair per (record, SFT sample), chosen = the human answer, rejected = the sample.
+
+    Each pair is the record (its prompt fields and bucket) plus ``pair_id``, ``chosen`` and ``rejected``. Counts
+    reconcile: ``candidates = pairs + dropped_exact_match + dropped_empty_sample``, and ``records_without_sample``
+    counts records that had no sample at all.
+    """
+    pairs: list[dict[str, Any]] = []
+    counts = dict.fromkeys(
+        (
+            "records",
+            "records_without_sample",
+            "candidates",
+            "pairs",
+            "dropped_exact_match",
+            "dropped_empty_sample",
+        ),
+        0,
+    )
+    for record in records:
+        counts["records"] += 1
+        answers = samples.get(record["id"]) or []
+        if not answers:
+            counts["records_without_sample"] += 1
+        human = str(record["response"])
+        for k, answer in enumerate(answers):
+            counts["candidates"] += 1
+            if not answer.strip():
+                counts["dropped_empty_sample"] += 1
+            elif answer.strip() == human.strip():
+                counts["dropped_exact_match"] += 1
+            else:
+                pairs.append(
+                    {**record, "pair_id": f"{record['id']}#s{k}", "chosen": human, "rejected": answer}
+                )
+                counts["pairs"] += 1
+    return pairs, counts
+
+
+def tokenize_answer(
+    tokenizer: Any, record: Mapping[str, Any], answer: str, *, max_length: int, profile_conditioning: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and response-only labels of ``answer`` to ``record``'s prompt (the SFT tokenization, so HDPO and
+    SFT see identical prompts)."""
+    ids, labels = example_ids_and_labels(
+        tokenizer,
+        {**record, "response": answer},
+        max_length=max_length,
+        profile_conditioning=profile_conditioning,
+    )
+    return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
+@torch.no_grad()
+def reference_sequence_logps(
+    model: torch.nn.Module,
+    sequences: Sequence[tuple[np.ndarray, np.ndarray]],
+    pad_token_id: int,
+    *,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Summed response-token log-probs of each (ids, labels) sequence under a frozen ``model``, in float64.
+
+    Sequences are sorted by length before batching (less padding) and returned in input order. The model is put in
+    eval mode: the reference must not apply dropout.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    out = np.zeros(len(sequences), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate([sequences[i] for i in chunk], pad_token_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
+        logps, _ = sequence_log_probs(logits, batch["labels"].to(device))
+        out[chunk] = logps.double().cpu().numpy()
+    return out
+
+
+def pairs_table(pairs: Sequence[TokenizedPair]) -> pa.Table:
+    """Tokenized pairs -> :data:`PAIR_SCHEMA` rows."""
+    return pa.Table.from_pydict(
+        {
+            "pair_id": [p.pair_id for p in pairs],
+            "id": [p.pair_id.split("#", 1)[0] for p in pairs],
+            "bucket_id": [p.bucket_id for p in pairs],
+            "chosen_input_ids": [p.chosen_ids.tolist() for p in pairs],
+            "chosen_labels": [p.chosen_labels.tolist() for p in pairs],
+            "rejected_input_ids": [p.rejected_ids.tolist() for p in pairs],
+            "rejected_labels": [p.rejected_labels.tolist() for p in pairs],
+            "chosen_distance": [p.chosen_distance for p in pairs],
+            "rejected_distance": [p.rejected_distance for p in pairs],
+            "weight": [p.weight for p in pairs],
+            "reference_chosen_logps": [p.reference_chosen_logps for p in pairs],
+            "reference_rejected_logps": [p.reference_rejected_logps for p in pairs],
+        },
+        schema=PAIR_SCHEMA,
+    )
+
+
+def pairs_from_table(table: pa.Table) -> list[TokenizedPair]:
+    """:data:`PAIR_SCHEMA` rows -> tokenized pairs, sorted by ``pair_id`` (a deterministic order on every rank)."""
+    table = table.sort_by("pair_id")
+    columns = {name: table[name].to_pylist() for name in table.column_names}
+    return [
+        TokenizedPair(
+            bucket_id=columns["bucket_id"][i],
+            chosen_ids=np.asarray(columns["chosen_input_ids"][i], dtype=np.int64),
+            chosen_labels=np.asarray(columns["chosen_labels"][i], dtype=np.int64),
+            rejected_ids=np.asarray(columns["rejected_input_ids"][i], dtype=np.int64),
+            rejected_labels=np.asarray(columns["rejected_labels"][i], dtype=np.int64),
+            chosen_distance=float(columns["chosen_distance"][i]),
+            rejected_distance=float(columns["rejected_distance"][i]),
+            weight=float(columns["weight"][i]),
+            reference_chosen_logps=float(columns["reference_chosen_logps"][i]),
+            reference_rejected_logps=float(columns["reference_rejected_logps"][i]),
+            pair_id=columns["pair_id"][i],
+        )
+        for i in range(table.num_rows)
+    ]
+
+
+def pairs_by_bucket(pairs: Sequence[TokenizedPair]) -> dict[str, list[TokenizedPair]]:
+    """Pairs grouped by bucket, each group in input order (what the bucket sampler indexes into)."""
+    rows = bucket_row_indices([p.bucket_id for p in pairs])
+    return {bucket: [pairs[i] for i in indices] for bucket, indices in rows.items()}
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One forward batch of 2B rows (the B chosen answers, then the B rejected ones) plus the per-pair tensors."""
+    sequences = [(p.chosen_ids, p.chosen_labels) for p in pairs] + [
+        (p.rejected_ids, p.rejected_labels) for p in pairs
+    ]
+    batch = collate(sequences, pad_token_id)
+    for name in (
+        "chosen_distance",
+        "rejected_distance",
+        "weight",
+        "reference_chosen_logps",
+        "reference_rejected_logps",
+    ):
+        batch[name] = torch.tensor([getattr(p, name) for p in pairs], dtype=torch.float64)
+    return batch
+
+
+def choose_online_pair(
+    distances: Sequence[float],
+    is_human: Sequence[bool],
+    texts: Sequence[str],
+    *,
+    margin: float,
+    include_human: bool,
+) -> tuple[int, int] | None:
+    """(chosen index, rejected index) among one prompt's candidates, or None when no pair qualifies.
+
+    chosen = the lowest distance among the samples (and the human answer with ``include_human``); rejected = the
+    highest-distance sample; kept only when d_rejected - d_chosen > margin and the two texts differ. Ties go to
+    the earlier candidate, so the choice is deterministic.
+    """
+    samples = [i for i, human in enumerate(is_human) if not human]
+    pool = [i for i in range(len(distances)) if include_human or not is_human[i]]
+    if not samples or len(pool) < 2:
+        return None
+    chosen = min(pool, key=lambda i: (distances[i], i))
+    rejected = max(samples, key=lambda i: (distances[i], -i))
+    if chosen == rejected or distances[rejected] - distances[chosen] <= margin:
+        return None
+    if texts[chosen].strip() == texts[rejected].strip():
+        return None
+    return chosen, rejected
+
+
+def labels_are_empty(labels: np.ndarray) -> bool:
+    """True when a sequence has no response token to score (its prompt filled ``max_length``)."""
+    return not bool((labels[1:] != IGNORE_INDEX).any())

@@ -1,0 +1,69 @@
+"""Run state shared by the training loops: where checkpoints go, the metrics log, and the crash hook for tests.
+
+A checkpoint is a folder holding ``state.json`` (the loop's position), the strategy state and an exported model;
+``metrics.jsonl`` is one JSON line per logged step, truncated back to the checkpoint's step on resume so a resumed
+run's log reads like the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+STATE_FILE = "state.json"
+
+
+class Checkpointer(Protocol):
+    """Where checkpoints go: a folder per step locally, or Ray Train's reported checkpoints."""
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        """Call ``write(directory)`` on every rank, then make the directory the latest checkpoint."""
+
+
+class LocalCheckpointer:
+    """``OUTDIR/checkpoints/step_000042/``, keeping the newest ``keep`` of them."""
+
+    def __init__(self, root: Path, keep: int, rank: int = 0):
+        self.root = root
+        self.keep = keep
+        self.rank = rank
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        directory = self.root / f"step_{step:06d}"
+        write(directory)
+        if self.rank == 0:
+            for old in sorted(self.root.glob("step_*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def latest(self) -> Path | None:
+        found = sorted(p for p in self.root.glob("step_*") if (p / STATE_FILE).is_file())
+        return found[-1] if found else None
+
+
+def write_metrics_line(path: Path, line: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be written again)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def maybe_fail(fail_at_step: int, step: int, rank: int, world_size: int, output_dir: Path) -> None:
+    """Testing hook: the last rank exits abruptly, once, at ``fail_at_step`` (a marker file makes it once)."""
+    marker = output_dir / f".failed_at_step_{step}"
+    if fail_at_step == step and rank == world_size - 1 and not marker.exists():
+        marker.touch()
+        os._exit(1)

@@ -1,0 +1,361 @@
+"""The HDPO loop (METHOD.md section 5), on the same :class:`~polyalign_ray.loops.strategy.Strategy` as SFT.
+
+Each optimizer step: the pair source hands this rank its ``micro_batch_size * grad_accum_steps`` pairs (offline:
+the bucket sampler over the stored pairs, every rank drawing its slice of the same global batch; online: rank 0's
+rollout pipeline, broadcast to the ranks). Each micro-batch runs one forward over its 2B sequences (chosen, then
+rejected), sums response-token log-probs, and takes :func:`~polyalign_ray.losses.hdpo_loss` scaled by
+``B / global pairs``: every term of L is a mean over the step's pairs, so summing the micro-batches' values over
+ranks and accumulation steps gives exactly the step's L (grad accumulation and data parallelism do not change it).
+
+Reference log-probs come with the pairs (precomputed by Ray Data offline, by the rollout actor online) or from a
+frozen reference model handed to the loop. Metrics are sums over the step's pairs, all-reduced, then averaged over
+the log window: rewards/chosen, rewards/rejected, margins, accuracy, the regularizer R, distances and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from polyalign_ray.config import HDPOConfig
+from polyalign_ray.hdpo_data import TokenizedPair, collate_pairs, pairs_by_bucket
+from polyalign_ray.loops.checkpoints import (
+    STATE_FILE,
+    Checkpointer,
+    maybe_fail,
+    truncate_metrics,
+    write_metrics_line,
+)
+from polyalign_ray.loops.strategy import Strategy
+from polyalign_ray.losses import hdpo_loss, sequence_log_probs
+from polyalign_ray.sampler import BucketBalancedSampler
+
+SOURCE_STATE_FILE = "pair_source.pt"
+ONLINE_DEFAULT_STEPS = 20
+
+# Per-step sums over pairs, all-reduced in one call (the order of this tuple is the vector's layout).
+STEP_SUMS = (
+    "loss",
+    "preference_loss",
+    "regularizer",
+    "sft_loss",
+    "pairs",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracy",
+    "distance/chosen",
+    "distance/rejected",
+    "distance/expected",
+    "weights/mean",
+    "logps/chosen",
+    "logps/rejected",
+)
+# Sums already divided by the step's pair count inside the loss (summed over ranks they are the step's value).
+STEP_VALUES = ("loss", "preference_loss", "regularizer", "sft_loss")
+
+
+class PairSource(Protocol):
+    """Where a step's pairs come from. ``weight_mean`` is w-bar of METHOD.md (the dataset mean of the weights)."""
+
+    weight_mean: float
+
+    def next_pairs(self, step: int) -> list[TokenizedPair]:
+        """This rank's pairs for optimizer step ``step`` (1-based), in micro-batch order."""
+
+    def after_update(self, step: int, *, force_sync: bool) -> None:
+        """Called on every rank after optimizer step ``step`` (online: pushes weights to the generator)."""
+
+    def step_metrics(self) -> dict[str, float]:
+        """Source-side figures of the last step (online: staleness, waiting time), meaningful on rank 0."""
+
+    def state(self) -> Any:
+        """Picklable position (rank 0's is saved with the checkpoint and loaded by every rank)."""
+
+    def load_state(self, state: Any) -> None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def total_hdpo_steps(hdpo: HDPOConfig, num_pairs: int, world_size: int) -> int:
+    """``hdpo.max_steps``; else ``epochs`` passes over ``num_pairs`` offline pairs (online: a fixed default)."""
+    if hdpo.max_steps:
+        return hdpo.max_steps
+    if hdpo.mode == "online":
+        return ONLINE_DEFAULT_STEPS
+    global_batch = hdpo.micro_batch_size * hdpo.grad_accum_steps * world_size
+    return max(1, math.ceil(hdpo.epochs * num_pairs / global_batch))
+
+
+class OfflinePairSource:
+    """Stored pairs drawn by the bucket sampler at natural frequencies (alpha = 1; rare buckets are up-weighted
+    through w's rarity term instead). Every rank computes the same global draw and keeps its slice."""
+
+    def __init__(
+        self,
+        pairs: Sequence[TokenizedPair],
+        *,
+        pairs_per_rank: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        num_steps: int,
+    ):
+        if not pairs:
+            raise ValueError("no HDPO pairs: every record lacked a usable SFT sample (see the pair counts)")
+        self.groups = pairs_by_bucket(pairs)
+        self.sampler = BucketBalancedSampler(
+            {b: len(v) for b, v in self.groups.items()},
+            batch_size=pairs_per_rank,
+            alpha=1.0,
+            seed=seed,
+            world_size=world_size,
+            rank=rank,
+            num_steps=num_steps,
+        )
+        self.weight_mean = float(np.mean([p.weight for p in pairs]))
+        self.num_pairs = len(pairs)
+
+    def next_pairs(self, step: int) -> list[TokenizedPair]:
+        return [self.groups[b][i] for b, i in self.sampler.next_batch()]
+
+    def after_update(self, step: int, *, force_sync: bool) -> None:
+        return None
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
+    def state(self) -> Any:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state(self, state: Any) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"pairs": self.num_pairs, "weight_mean": self.weight_mean}
+
+    def close(self) -> None:
+        return None
+
+
+def pair_log_probs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen log-probs, rejected log-probs, chosen token counts, rejected token counts) of a collated pair batch:
+    one forward over the 2B rows, so chosen and rejected share the step's weights and kernels."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps, n_tokens = sequence_log_probs(logits, batch["labels"])
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:], n_tokens[:half], n_tokens[half:]
+
+
+def micro_batch_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    hdpo: HDPOConfig,
+    weight_mean: float,
+    global_pairs: int,
+    reference_model: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the step's HDPO loss (to backpropagate) and its sums for the metrics."""
+    if reference_model is not None:
+        with torch.no_grad():
+            ref_chosen, ref_rejected, _, _ = pair_log_probs(reference_model, batch)
+        reference_chosen, reference_rejected = ref_chosen.double(), ref_rejected.double()
+    else:
+        reference_chosen, reference_rejected = (
+            batch["reference_chosen_logps"],
+            batch["reference_rejected_logps"],
+        )
+        if torch.isnan(reference_chosen).any() or torch.isnan(reference_rejected).any():
+            raise ValueError(
+                "pairs carry no reference log-probs and the loop has no reference model: precompute them "
+                "(hdpo.reference=precompute) or pass the frozen reference"
+            )
+    policy_chosen, policy_rejected, chosen_tokens, _ = pair_log_probs(model, batch)
+    device = policy_chosen.device
+    pairs = policy_chosen.shape[0]
+    chosen_nll = -policy_chosen / chosen_tokens.clamp(min=1)
+    out = hdpo_loss(
+        policy_chosen_logps=policy_chosen.double(),
+        policy_rejected_logps=policy_rejected.double(),
+        reference_chosen_logps=reference_chosen.to(device),
+        reference_rejected_logps=reference_rejected.to(device),
+        chosen_distance=batch["chosen_distance"].to(device),
+        rejected_distance=batch["rejected_distance"].to(device),
+        weights=batch["weight"].to(device),
+        chosen_nll=chosen_nll.double(),
+        beta=hdpo.beta,
+        reg_lambda=hdpo.reg_lambda,
+        sft_coef=hdpo.sft_coef,
+        weight_mean=weight_mean,
+        loss_type=hdpo.loss_type,
+        label_smoothing=hdpo.label_smoothing,
+    )
+    share = pairs / global_pairs
+    margins = (out.chosen_rewards - out.rejected_rewards).detach()
+    sums = {
+        "loss": float(out.loss.detach()) * share,
+        "preference_loss": float(out.preference_loss.detach()) * share,
+        "regularizer": float(out.regularizer.detach()) * share,
+        "sft_loss": float(out.sft_loss.detach()) * share,
+        "pairs": float(pairs),
+        "rewards/chosen": float(out.chosen_rewards.detach().sum()),
+        "rewards/rejected": float(out.rejected_rewards.detach().sum()),
+        "rewards/margins": float(margins.sum()),
+        "rewards/accuracy": float((margins > 0).double().sum()),
+        "distance/chosen": float(batch["chosen_distance"].sum()),
+        "distance/rejected": float(batch["rejected_distance"].sum()),
+        "distance/expected": float(out.expected_distance.detach().sum()),
+        "weights/mean": float(batch["weight"].sum()),
+        "logps/chosen": float(policy_chosen.detach().sum()),
+        "logps/rejected": float(policy_rejected.detach().sum()),
+    }
+    return out.loss * share, sums
+
+
+def window_line(step: int, window: list[np.ndarray], seconds: float) -> dict[str, Any]:
+    """The log line of a window of steps: step values averaged over steps, pair sums averaged over pairs."""
+    total = np.sum(window, axis=0)
+    pairs = max(total[STEP_SUMS.index("pairs")], 1.0)
+    line: dict[str, Any] = {"step": step}
+    for i, name in enumerate(STEP_SUMS):
+        if name == "pairs":
+            line["pairs"] = int(total[i])
+        elif name in STEP_VALUES:
+            line[name] = float(total[i] / len(window))
+        else:
+            line[name] = float(total[i] / pairs)
+    line["step_seconds"] = seconds / len(window)
+    line["pairs_per_s"] = float(total[STEP_SUMS.index("pairs")] / max(seconds, 1e-9))
+    return line
+
+
+def run_hdpo(
+    strategy: Strategy,
+    source: PairSource,
+    tokenizer: Any,
+    *,
+    hdpo: HDPOConfig,
+    total_steps: int,
+    output_dir: Path,
+    checkpointer: Checkpointer,
+    resume_from: Path | None = None,
+    reference_model: torch.nn.Module | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train; returns the summary (also written to ``output_dir/summary.json`` by rank 0)."""
+    rank, world = strategy.rank, strategy.world_size
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / "metrics.jsonl"
+    pairs_per_rank = hdpo.micro_batch_size * hdpo.grad_accum_steps
+    global_pairs = pairs_per_rank * world
+    pad_id = tokenizer.pad_token_id
+    step = 0
+    if resume_from is not None:
+        state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
+        strategy.load(resume_from / "strategy")
+        source.load_state(torch.load(resume_from / SOURCE_STATE_FILE, weights_only=False))
+        step = int(state["step"])
+        source.after_update(step, force_sync=True)  # a fresh generator gets the resumed weights
+        if rank == 0:
+            truncate_metrics(metrics_path, step)
+    elif rank == 0 and metrics_path.exists():
+        metrics_path.unlink()
+    first_step = step
+    window: list[np.ndarray] = []
+    window_seconds = 0.0
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    pairs_seen = 0.0
+    strategy.model.train()
+
+    while step < total_steps:
+        step_start = time.perf_counter()
+        pairs = source.next_pairs(step + 1)
+        if len(pairs) != pairs_per_rank:
+            raise RuntimeError(f"pair source gave {len(pairs)} pairs, expected {pairs_per_rank} per rank")
+        sums = np.zeros(len(STEP_SUMS), dtype=np.float64)
+        for k in range(hdpo.grad_accum_steps):
+            chunk = pairs[k * hdpo.micro_batch_size : (k + 1) * hdpo.micro_batch_size]
+            batch = {key: value.to(strategy.device) for key, value in collate_pairs(chunk, pad_id).items()}
+            loss, micro_sums = micro_batch_step(
+                strategy.model,
+                batch,
+                hdpo=hdpo,
+                weight_mean=source.weight_mean,
+                global_pairs=global_pairs,
+                reference_model=reference_model,
+            )
+            strategy.backward(loss)
+            sums += np.asarray([micro_sums[name] for name in STEP_SUMS])
+        grad_norm = strategy.optimizer_step()
+        step += 1
+        maybe_fail(hdpo.fail_at_step, step, rank, world, output_dir)
+        reduced = strategy.all_reduce_sum(torch.from_numpy(sums)).numpy()
+        checkpoint_now = (hdpo.checkpoint_every and step % hdpo.checkpoint_every == 0) or step == total_steps
+        source.after_update(step, force_sync=bool(checkpoint_now))
+        pairs_seen += reduced[STEP_SUMS.index("pairs")]
+        window.append(reduced)
+        window_seconds += time.perf_counter() - step_start
+        if on_step is not None:
+            on_step(step)
+
+        if step % hdpo.log_every == 0 or step == total_steps:
+            line = window_line(step, window, window_seconds)
+            line.update({"lr": strategy.current_lr(), "grad_norm": grad_norm, **source.step_metrics()})
+            history.append(line)
+            if rank == 0:
+                write_metrics_line(metrics_path, line)
+            if on_log is not None:
+                on_log(line)
+            window, window_seconds = [], 0.0
+
+        if checkpoint_now:
+            source_state = source.state()
+            state = {"step": step, "total_steps": total_steps}
+
+            def write(
+                directory: Path, state: dict[str, Any] = state, source_state: Any = source_state
+            ) -> None:
+                strategy.save(directory / "strategy")
+                strategy.export(directory / "model", tokenizer, final=False)
+                if rank == 0:
+                    torch.save(source_state, directory / SOURCE_STATE_FILE)
+                    (directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+            checkpointer.save(step, {"step": step, "loss": float(reduced[0])}, write)
+
+    strategy.export(output_dir / "final", tokenizer, final=True)
+    wall = time.perf_counter() - start
+    summary = {
+        "mode": hdpo.mode,
+        "steps": total_steps,
+        "resumed_from_step": first_step,
+        "world_size": world,
+        "pairs_per_step": global_pairs,
+        "pairs_seen": int(pairs_seen),
+        "pairs_per_s": pairs_seen / max(wall, 1e-9),
+        "wall_s": wall,
+        "first": history[0] if history else None,
+        "last": history[-1] if history else None,
+        "source": source.summary(),
+        "final_model": str(output_dir / "final"),
+    }
+    source.close()
+    if rank == 0:
+        (output_dir / "summary.json").write_text(
+            json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+    return summary
