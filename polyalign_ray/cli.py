@@ -30,7 +30,7 @@ OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATA
 
 def apply_environment_defaults(config: PolyAlignConfig) -> None:
     """Quiet defaults always; offline defaults unless the model is named by a hub id."""
-    names = [config.model.name_or_path, config.critic.policy, config.critic.encoder_model]
+    names = [config.model.name_or_path, config.critic.policy, config.critic.encoder_model, config.hdpo.policy]
     hub_names = [n for n in names if n and not os.path.exists(n)]
     for key, value in {**QUIET_DEFAULTS, **({} if hub_names else OFFLINE_DEFAULTS)}.items():
         os.environ.setdefault(key, value)
@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     critic.add_argument("--data", help="data directory (data.output_dir)")
     critic.add_argument("--output", help="critic bundle directory (critic.output_dir)")
     _add_common(critic)
+
+    hdpo = sub.add_parser("hdpo", help="HDPO from the SFT policy with critic distances (offline or online)")
+    hdpo.add_argument("--data", help="data directory (data.output_dir)")
+    hdpo.add_argument("--output", help="HDPO output directory (hdpo.output_dir)")
+    hdpo.add_argument("--mode", choices=["offline", "online"], help="hdpo.mode (default offline)")
+    hdpo.add_argument("--resume-from", default="", help="a checkpoint folder to continue from")
+    _add_common(hdpo)
 
     score = sub.add_parser("score", help="critic distances for a file of (response, bucket_id) rows")
     score.add_argument("--critic", required=True, help="critic bundle directory")
@@ -121,10 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = [f"data.output_dir={args.data}"] if args.data else []
             extra += [f"critic.output_dir={args.output}"] if args.output else []
             return _run_critic(_config(args, extra))
+        if args.command == "hdpo":
+            extra = [f"data.output_dir={args.data}"] if args.data else []
+            extra += [f"hdpo.output_dir={args.output}"] if args.output else []
+            extra += [f"hdpo.mode={args.mode}"] if args.mode else []
+            return _run_hdpo(_config(args, extra), args.resume_from)
         if args.command == "score":
             return _run_score(_config(args), args.critic, args.input, args.output)
         if args.command == "pipeline":
-            stages = ("data", "sft", "critic")
+            stages = ("data", "sft", "critic", "hdpo")
             extra = [f"{s}.output_dir={os.path.join(args.output, s)}" for s in stages] if args.output else []
             config = _config(args, extra)
             return _run_pipeline(config)
@@ -189,6 +201,28 @@ def _run_critic(config: PolyAlignConfig) -> int:
     return 0
 
 
+def _run_hdpo(config: PolyAlignConfig, resume_from: str) -> int:
+    from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.distributed.stages import run_hdpo_stage
+
+    with ray_runtime(config.ray):
+        summary = run_hdpo_stage(config, resume_from=resume_from)
+    print(hdpo_line(summary, config.hdpo.output_dir))
+    return 0
+
+
+def hdpo_line(summary: dict, output_dir: str) -> str:
+    """One line a person reads after HDPO: what moved, and where the files are."""
+    first, last = summary.get("first") or {}, summary.get("last") or {}
+    return (
+        f"HDPO ({summary['mode']}): {summary['steps']} steps, reward accuracy "
+        f"{first.get('rewards/accuracy', float('nan')):.2f} -> {last.get('rewards/accuracy', float('nan')):.2f}, "
+        f"margin {last.get('rewards/margins', float('nan')):.3f}, expected distance "
+        f"{first.get('distance/expected', float('nan')):.3f} -> {last.get('distance/expected', float('nan')):.3f}; "
+        f"metrics in {output_dir}/metrics.jsonl, model in {summary['final_model']}"
+    )
+
+
 def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output_path: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.distributed.stages import run_score
@@ -201,7 +235,13 @@ def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output
 
 def _run_pipeline(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_critic_stage, run_prepare, run_references, run_sft_stage
+    from polyalign_ray.distributed.stages import (
+        run_critic_stage,
+        run_hdpo_stage,
+        run_prepare,
+        run_references,
+        run_sft_stage,
+    )
 
     with ray_runtime(config.ray):
         run_prepare(config, engine="ray")
@@ -209,6 +249,7 @@ def _run_pipeline(config: PolyAlignConfig) -> int:
         print("\n" + table)
         summary = run_sft_stage(config)
         critic = run_critic_stage(config)
+        hdpo = run_hdpo_stage(config)
     print(f"Records, quarantine, manifest and references: {config.data.output_dir}/")
     print(
         f"Bucket-Aware SFT: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
@@ -218,6 +259,7 @@ def _run_pipeline(config: PolyAlignConfig) -> int:
         f"Critic: held-out Spearman {critic['heldout_spearman']:.3f}, human<SFT ranking accuracy "
         f"{critic['heldout_ranking_accuracy_human_below_model']:.3f}; bundle in {config.critic.output_dir}/"
     )
+    print(hdpo_line(hdpo, config.hdpo.output_dir))
     return 0
 
 

@@ -120,7 +120,9 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_token_id: int
     labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
     for row, (ids, labs) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.from_numpy(ids)
-        labels[row, : len(labs)] = torch.from_numpy(labs)
+        input_ids[row, : len(ids)] = torch.tensor(
+            ids, dtype=torch.long
+        )  # rows may be read-only (object store)
+        labels[row, : len(labs)] = torch.tensor(labs, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

@@ -8,7 +8,8 @@ the inputs, so a batch re-executed after an actor restart returns the same score
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ class CriticScorer:
             encoder=self.encoder,
         )
         return predict(self.model, inputs).astype(np.float64)
+
+    def score_rollout(self, rollout: Mapping[str, Any]) -> dict[str, Any]:
+        """Scores of a rollout batch's candidates (its ``texts`` and ``buckets``), with when scoring started and
+        finished (the trainer measures how much of the critic's work overlapped training)."""
+        started = time.time()
+        scores = self.score(rollout["texts"], rollout["buckets"])
+        return {"scores": scores, "started": started, "finished": time.time()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Ray Data ``map_batches`` form: a table with ``response`` (or ``text``) and ``bucket_id`` columns gains

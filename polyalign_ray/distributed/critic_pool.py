@@ -10,8 +10,9 @@ blocks on the oldest one beyond it (backpressure), so a fast producer cannot flo
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -37,21 +38,40 @@ class CriticPool:
         self.actors = [remote_scorer.remote(str(Path(bundle_dir).resolve())) for _ in range(num_actors)]
         self.max_in_flight = max_in_flight
         self._in_flight: collections.deque[tuple[int, ray.ObjectRef]] = collections.deque()
-        self._done: collections.deque[tuple[int, np.ndarray]] = collections.deque()
+        self._done: collections.deque[tuple[int, Any]] = collections.deque()
         self._next_ticket = 0
         self.submitted = 0
         self.collected = 0
 
     def submit(self, texts: Sequence[str], buckets: Sequence[str]) -> int:
         """Queue one batch; returns its ticket. Blocks while ``max_in_flight`` batches are outstanding."""
+        return self._enqueue(lambda actor: actor.score.remote(list(texts), list(buckets)))
+
+    def submit_rollout(self, rollout: ray.ObjectRef) -> int:
+        """Queue the scoring of a rollout batch that may still be generating (``rollout`` is the generator's
+        ObjectRef: Ray starts scoring when it is ready, without the caller waiting). Results are
+        ``CriticScorer.score_rollout`` dicts; same ordering, backpressure and exactly-once guarantees as
+        :meth:`submit`."""
+        return self._enqueue(lambda actor: actor.score_rollout.remote(rollout))
+
+    def _enqueue(self, call: Callable[[Any], ray.ObjectRef]) -> int:
+        """Round-robin ``call(actor)`` after waiting for room under ``max_in_flight``; returns the ticket."""
         while len(self._in_flight) >= self.max_in_flight:
             self._collect_oldest()
         ticket = self._next_ticket
-        actor = self.actors[ticket % len(self.actors)]
-        self._in_flight.append((ticket, actor.score.remote(list(texts), list(buckets))))
+        self._in_flight.append((ticket, call(self.actors[ticket % len(self.actors)])))
         self._next_ticket += 1
         self.submitted += 1
         return ticket
+
+    def next_result(self) -> tuple[int, Any]:
+        """(ticket, result) of the oldest submission not yet returned, waiting for it if needed."""
+        if not self._done:
+            if not self._in_flight:
+                raise RuntimeError("next_result() on a pool with nothing submitted")
+            self._collect_oldest()
+        self.collected += 1
+        return self._done.popleft()
 
     def _collect_oldest(self) -> None:
         ticket, ref = self._in_flight.popleft()

@@ -219,6 +219,34 @@ def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
     return summary
 
 
+def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "") -> dict[str, Any]:
+    """``polyalign hdpo``: HDPO from the SFT policy (the frozen reference too) with the critic's distances,
+    offline or online (``hdpo.mode``); returns the summary."""
+    from polyalign_ray.distributed.hdpo import run_hdpo_with_ray
+
+    hdpo = config.hdpo
+    policy = hdpo.policy or str(Path(config.sft.output_dir) / "final")
+    if not hdpo.policy and not Path(policy).exists():
+        raise FileNotFoundError(f"no SFT model at {policy}: run `polyalign sft` first or set hdpo.policy")
+    critic_dir = hdpo.critic or config.critic.output_dir
+    if not (Path(critic_dir) / "critic.json").is_file():
+        raise FileNotFoundError(
+            f"no critic bundle in {critic_dir}: run `polyalign critic` first or set hdpo.critic"
+        )
+    summary = run_hdpo_with_ray(config, policy, critic_dir, resume_from=resume_from)
+    last = summary.get("last") or {}
+    log.info(
+        "hdpo (%s): %d steps, reward accuracy %.2f, margin %.3f, expected distance %.3f; model in %s",
+        hdpo.mode,
+        summary["steps"],
+        last.get("rewards/accuracy", float("nan")),
+        last.get("rewards/margins", float("nan")),
+        last.get("distance/expected", float("nan")),
+        summary["final_model"],
+    )
+    return summary
+
+
 def read_rows(path: Path) -> pa.Table:
     """Rows to score: a JSONL/JSON file or a Parquet file/folder with ``bucket_id`` and ``response`` (or ``text``)."""
     if path.is_dir() or path.suffix == ".parquet":

@@ -93,7 +93,7 @@ class RayTrainCheckpointer:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _restore_checkpoint() -> Path | None:
+def restore_checkpoint() -> Path | None:
     """The latest checkpoint Ray Train persisted for this run (after a worker-group restart), copied locally."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -133,7 +133,7 @@ def sft_worker_loop(loop_config: dict[str, Any]) -> None:
         deepspeed_config(sft, model_cfg, world),
         use_gpu=sft.use_gpu,
     )
-    resume_from = _restore_checkpoint()
+    resume_from = restore_checkpoint()
     if resume_from is None and loop_config.get("resume_from"):
         resume_from = Path(loop_config["resume_from"])
     run_sft(

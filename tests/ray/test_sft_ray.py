@@ -9,55 +9,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from polyalign_ray.config import load_config
-from polyalign_ray.distributed.stages import run_prepare, run_references, run_sft_stage
+from polyalign_ray.distributed.stages import run_sft_stage
+from tests.ray.tiny_run import losses, sft_config
 
 pytestmark = pytest.mark.ray
-
-TINY_MODEL = [
-    "model.builtin_hidden_size=32",
-    "model.builtin_layers=2",
-    "model.builtin_intermediate_size=64",
-    "model.builtin_vocab_size=512",
-    "model.max_length=96",
-]
-
-
-@pytest.fixture(scope="module")
-def data_dir(ray_session, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sftdata") / "data"
-    config = load_config(None, [f"data.output_dir={out}", "data.builtin_max_per_bucket=15"])
-    run_prepare(config, engine="local")
-    run_references(config)
-    return out
-
-
-def sft_config(data_dir: Path, out: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"data.output_dir={data_dir}",
-            f"sft.output_dir={out}",
-            *TINY_MODEL,
-            "sft.max_steps=12",
-            "sft.log_every=1",
-            "sft.lr=0.003",
-            "sft.warmup_steps=2",
-            "sft.micro_batch_size=2",
-            *overrides,
-        ],
-    )
-
-
-def losses(out: Path) -> list[float]:
-    return [json.loads(line)["last_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def zero3_run(ray_session, data_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("zero3")
-    run_sft_stage(sft_config(data_dir, out, "sft.zero_stage=3"))
-    return out
 
 
 def test_zero2_survives_a_killed_worker_and_matches_zero3(ray_session, data_dir, zero3_run, tmp_path) -> None:
@@ -95,22 +50,12 @@ def test_two_ranks_equal_one_rank_with_the_global_batch(ray_session, data_dir, z
     assert losses(tmp_path) == pytest.approx(losses(zero3_run), rel=1e-4, abs=1e-4)
 
 
-def test_critic_stage_on_sft_samples_and_score_cli(ray_session, data_dir, zero3_run, tmp_path) -> None:
+def test_critic_stage_on_sft_samples_and_score_cli(critic_bundle: Path, tmp_path) -> None:
     """The critic learns from human answers and samples of the (tiny) SFT model, passes its gates, and
     `polyalign score` scores a file through the actor pool."""
     from polyalign_ray.cli import main
-    from polyalign_ray.distributed.stages import run_critic_stage
 
-    config = sft_config(
-        data_dir,
-        zero3_run,
-        f"critic.output_dir={tmp_path / 'critic'}",
-        "generation.max_new_tokens=32",
-        "generation.batch_size=32",
-        "critic.epochs=8",
-        "critic.hash_buckets=8192",
-    )
-    summary = run_critic_stage(config)
+    summary = json.loads((critic_bundle / "summary.json").read_text())
     assert summary["gates_passed"]
     assert summary["heldout_spearman"] > 0.5
     assert summary["train_model"] == summary["train_human"] > 0
@@ -120,8 +65,6 @@ def test_critic_stage_on_sft_samples_and_score_cli(ray_session, data_dir, zero3_
         '{"response": "你好你好你好你好你好你好你好你好", "bucket_id": "zh|single|dialogue|short"}\n'
     )
     out = tmp_path / "scored.jsonl"
-    assert (
-        main(["score", "--critic", str(tmp_path / "critic"), "--input", str(rows), "--output", str(out)]) == 0
-    )
+    assert main(["score", "--critic", str(critic_bundle), "--input", str(rows), "--output", str(out)]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [round(r["critic_distance"], 9) >= 0 for r in scored] == [True, True]
