@@ -3,7 +3,6 @@ critic of the session fixtures; plus the online pipeline in-process with actors 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -126,11 +125,19 @@ def test_online_hdpo_two_workers(data_dir, zero3_run, critic_bundle, tmp_path, z
     assert all("online/staleness_mean" in x for x in log)
 
 
-def test_online_actors_killed_mid_run_lose_no_pair(data_dir, zero3_run, critic_bundle, tmp_path) -> None:
-    """The online pipeline in this process (local strategy): after step 2 the generator and a critic actor are
-    killed (Ray restarts them and re-executes their calls). The run uses exactly the pairs of an undisturbed run:
-    same losses, same counts."""
-    from polyalign_ray.config import config_to_dict
+def online_local_run(
+    data_dir: Path,
+    zero3_run: Path,
+    critic_bundle: Path,
+    out: Path,
+    *,
+    steps: int = 5,
+    kill_at: int = 0,
+    resume_from: Path | None = None,
+    overrides: tuple[str, ...] = (),
+) -> tuple[dict, list[dict]]:
+    """The online pipeline driven from this process (local strategy, one rank) with real generator and critic
+    actors; ``kill_at``: after that step, kill the generator and a critic actor (Ray restarts them)."""
     from polyalign_ray.distributed.hdpo import hdpo_prompt_records, train_bucket_counts
     from polyalign_ray.distributed.rollouts import OnlinePairSource
     from polyalign_ray.hdpo_data import bucket_rarity
@@ -144,56 +151,78 @@ def test_online_actors_killed_mid_run_lose_no_pair(data_dir, zero3_run, critic_b
         data_dir,
         zero3_run,
         critic_bundle,
-        tmp_path,
+        out,
         "hdpo.mode=online",
-        "hdpo.max_steps=5",
+        f"hdpo.max_steps={steps}",
         "hdpo.rollouts_per_prompt=2",
         "hdpo.pair_margin=0.0",
         "hdpo.micro_batch_size=4",
+        *overrides,
     )
-    assert config_to_dict(config)["hdpo"]["num_workers"] == 2  # unused here: one local process
-    tokenizer = load_tokenizer(policy)
-    base = load_causal_lm(policy, config.model)
+    strategy = LocalStrategy(
+        load_causal_lm(policy, config.model),
+        adamw_factory(config.hdpo.lr, 0.0),
+        scheduler_factory(warmup_steps=1, total_steps=steps, schedule="cosine", min_lr_ratio=0.1),
+        max_grad_norm=1.0,
+    )
+    source = OnlinePairSource(
+        strategy,
+        config,
+        policy=policy,
+        critic_dir=str(critic_bundle),
+        records=hdpo_prompt_records(config),
+        rarity=bucket_rarity(train_bucket_counts(config)),
+    )
 
-    def run(out: Path, kill: bool) -> tuple[dict, list[dict]]:
-        strategy = LocalStrategy(
-            copy.deepcopy(base),
-            adamw_factory(config.hdpo.lr, 0.0),
-            scheduler_factory(warmup_steps=1, total_steps=5, schedule="cosine", min_lr_ratio=0.1),
-            max_grad_norm=1.0,
-        )
-        source = OnlinePairSource(
-            strategy,
-            config,
-            policy=policy,
-            critic_dir=str(critic_bundle),
-            records=hdpo_prompt_records(config),
-            rarity=bucket_rarity(train_bucket_counts(config)),
-        )
+    def on_step(step: int) -> None:
+        if step == kill_at:
+            assert source.in_flight, "the kill must hit rollouts in flight"
+            ray.kill(source.generator, no_restart=False)
+            ray.kill(source.pool.actors[0], no_restart=False)
 
-        def on_step(step: int) -> None:
-            if kill and step == 2:
-                assert source.in_flight, "the kill must hit rollouts in flight"
-                ray.kill(source.generator, no_restart=False)
-                ray.kill(source.pool.actors[0], no_restart=False)
+    logged: list[dict] = []
+    summary = run_hdpo(
+        strategy,
+        source,
+        load_tokenizer(policy),
+        hdpo=config.hdpo,
+        total_steps=steps,
+        output_dir=out,
+        checkpointer=LocalCheckpointer(out / "checkpoints", keep=5),
+        resume_from=resume_from,
+        on_log=logged.append,
+        on_step=on_step,
+    )
+    return summary, logged
 
-        logged: list[dict] = []
-        summary = run_hdpo(
-            strategy,
-            source,
-            tokenizer,
-            hdpo=config.hdpo,
-            total_steps=5,
-            output_dir=out,
-            checkpointer=LocalCheckpointer(out / "checkpoints", keep=1),
-            on_log=logged.append,
-            on_step=on_step,
-        )
-        return summary, logged
 
-    calm_summary, calm = run(tmp_path / "calm", kill=False)
-    hit_summary, hit = run(tmp_path / "hit", kill=True)
+def test_online_actors_killed_mid_run_lose_no_pair(data_dir, zero3_run, critic_bundle, tmp_path) -> None:
+    """After step 2 the generator and a critic actor are killed while rollouts are in flight (Ray restarts them
+    and re-executes their calls). The run uses exactly the pairs of an undisturbed run: same losses, same counts."""
+    calm_summary, calm = online_local_run(data_dir, zero3_run, critic_bundle, tmp_path / "calm")
+    hit_summary, hit = online_local_run(data_dir, zero3_run, critic_bundle, tmp_path / "hit", kill_at=2)
     assert [x["loss"] for x in hit] == pytest.approx([x["loss"] for x in calm], rel=1e-6)
     for key in ("pairs_built", "pairs_used", "prompts", "candidates", "rollout_batches"):
         assert hit_summary["source"][key] == calm_summary["source"][key], key
     assert hit_summary["source"]["pairs_used"] == 5 * 4
+
+
+def test_online_resume_equals_uninterrupted(data_dir, zero3_run, critic_bundle, tmp_path) -> None:
+    """A checkpoint drains the rollouts in flight and saves the pair buffer; resuming from it (fresh actors, the
+    resumed weights pushed to the generator) repeats the uninterrupted run's remaining steps."""
+    full_summary, full = online_local_run(
+        data_dir, zero3_run, critic_bundle, tmp_path / "full", overrides=("hdpo.checkpoint_every=2",)
+    )
+    checkpoint = tmp_path / "full" / "checkpoints" / "step_000002"
+    assert (checkpoint / "pair_source.pt").is_file()
+    resumed_summary, resumed = online_local_run(
+        data_dir,
+        zero3_run,
+        critic_bundle,
+        tmp_path / "resumed",
+        resume_from=checkpoint,
+        overrides=("hdpo.checkpoint_every=2",),
+    )
+    assert [x["step"] for x in resumed] == [3, 4, 5]
+    assert [x["loss"] for x in resumed] == pytest.approx([x["loss"] for x in full[2:]], rel=1e-6)
+    assert resumed_summary["source"]["pairs_built"] == full_summary["source"]["pairs_built"]

@@ -1,0 +1,784 @@
+#!/usr/bin/env python3
+"""Our HDPO step vs TRL's DPOTrainer: time per pair and real tokens/s on the same model, pairs, batch size and
+sequence length, single process on CPU, measured in the same run.
+
+TRL side: the shared baseline script (``../shared/bench/trl_baseline.py`` beside the repository) run unchanged as
+a subprocess by a Python that has ``trl`` (see bench/README.md): ``--trainers dpo`` (explicit frozen reference
+model, a reference forward every step) and ``--trainers dpo_precompute`` (reference log-probs computed once before
+training), both ``--format conversational`` and with TRL's default gradient checkpointing (on); ``--trl-gc off``
+adds runs without it.
+
+Our side, on the same inputs: the shared script's generators (``TextGen``, ``build_tokenizer``, ``build_pairs``,
+``build_model``: the same seed, pairs, tokenizer and random-init 8.1M-parameter Qwen2), each pair's prompt turned
+into one of our records by ``bench/sft_throughput.py``'s ``records_from_pairs`` (the chat template renders the same
+user message TRL's conversational format does), the chosen and rejected answers tokenized by
+``hdpo_data.tokenize_answer``. Every pair gets critic-like distances (chosen 0.3, rejected 1.0, each plus seeded
+Gaussian noise of sd 0.1, clipped at 0) and the HDPO pair weight ``hdpo_data.weights_for_pairs`` (rarity from the
+pairs' bucket counts, the ``HDPOConfig`` defaults a, c, w_min, w_max). Training is ``loops.hdpo.run_hdpo`` on a
+``LocalStrategy`` with an ``OfflinePairSource``, micro-batch = --batch-size pairs, no accumulation, ``log_every=1``,
+with ``HDPOConfig``'s default beta (0.1), reg_lambda (0.1) and sft_coef (0.05): our step also computes the
+expected-distance regularizer, the SFT term on the chosen answer and the weighted preference loss. Two reference
+modes:
+
+- ``precompute``: reference log-probs computed once with ``hdpo_data.reference_sequence_logps`` (the function the
+  Ray Data ``PairPreparer`` calls; batches of 16 sequences, sorted by length) and stored with the pairs. The
+  precompute is timed on its own and reported per pair and amortized over one epoch (pairs / batch steps), as
+  the shared script does for TRL's ``dpo_precompute``.
+- ``frozen_copy``: pairs without reference log-probs and ``run_hdpo(reference_model=<a frozen deep copy of the
+  starting model>)``: a reference forward every step, like TRL's ``dpo``.
+
+Both sides: ``torch.set_num_threads(--threads)``, fp32, --batch-size pairs per step (2 x batch sequences), no
+accumulation, max_length 384, learning rate 1e-6 with linear decay and no warmup (DPOConfig's defaults), clipping
+at 1.0, weight decay 0. Timing is identical on both sides: a stamp at the end of every optimizer step (TRL:
+``TrainerCallback.on_step_end``; ours: ``on_log``), the first --warmup steps excluded, then the step-to-step
+intervals of the next --steps steps (data, reference, forward, loss, backward, optimizer, scheduler, logging).
+Tokens are the real (non-pad) tokens of each step's batch: prompt+chosen and prompt+rejected of every pair (TRL:
+the attention-mask sum in ``training_step``; ours: in a wrapper around ``loops.hdpo.collate_pairs``). Pairs are
+drawn differently (TRL: shuffled; ours: the bucket sampler at natural frequencies), so per-token figures are the
+fair ones when token counts differ. Every run is its own child process and records the CPU that other processes
+used during its timed steps (~0 means quiet); a run above --busy-limit cores is run again.
+
+Our child also times the phases of each step by wrapping, in the child process only, what ``run_hdpo`` calls
+(no package file is changed): pair sampling, collate, the reference pass (frozen copy), the policy forward, the
+log-prob gather, the HDPO loss, backward, optimizer step, metrics all-reduce, log line; ``--profile DIR`` adds
+cProfile and torch.profiler tables of one extra precompute run.
+
+Usage (from the repository root):
+    .venv/bin/python bench/hdpo_throughput.py --trl-python /work/trl-venv/bin/python --wait-quiet 600 \\
+        --report bench/results/hdpo_throughput.md --jsonl bench/results/hdpo_throughput.jsonl
+    .venv/bin/python bench/hdpo_throughput.py --skip-trl --ours precompute --steps 5   # quick check of ours
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import itertools
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sft_throughput as sftt  # noqa: E402  (helpers shared with the SFT benchmark)
+
+REPO = sftt.REPO
+MARKER = "HDPO_THROUGHPUT_JSON "
+# DPOConfig's defaults (TRL 1.16), matched on our side
+LEARNING_RATE = 1e-6
+MAX_GRAD_NORM = 1.0
+DISTANCE_CHOSEN = 0.3
+DISTANCE_REJECTED = 1.0
+DISTANCE_NOISE_SD = 0.1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child: our HDPO loop
+# ----------------------------------------------------------------------------------------------------------------
+class PhaseTimer(sftt.PhaseTimer):
+    """sft_throughput's timer, plus absorbing phases: calls to other wrapped functions made inside an absorbing
+    phase (the reference pass's forward and log-prob gather) count towards it, not towards their own phase."""
+
+    def __init__(self):
+        super().__init__()
+        self.absorbing = 0
+
+    def wrap(self, name: str, fn, *, absorb: bool = False):
+        inner = super().wrap(name, fn)
+
+        def timed(*a, **k):
+            if self.absorbing:
+                return fn(*a, **k)
+            if not absorb:
+                return inner(*a, **k)
+            self.absorbing += 1
+            try:
+                return inner(*a, **k)
+            finally:
+                self.absorbing -= 1
+
+        timed.__wrapped__ = fn
+        return timed
+
+
+def build_our_pairs(args, shared_pairs: list[dict], tok, hdpo) -> tuple[list, dict[str, Any]]:
+    """TokenizedPairs (no reference log-probs yet) with distances and weights, and a few data figures."""
+    import numpy as np
+
+    from polyalign_ray.hdpo_data import (
+        TokenizedPair,
+        bucket_rarity,
+        labels_are_empty,
+        tokenize_answer,
+        weights_for_pairs,
+    )
+
+    records = sftt.records_from_pairs(shared_pairs).to_pylist()
+    kwargs = {"max_length": args.max_length, "profile_conditioning": False}
+    tokenized = []
+    dropped = 0
+    for record, pair in zip(records, shared_pairs, strict=True):
+        chosen = tokenize_answer(tok, record, pair["chosen"], **kwargs)
+        rejected = tokenize_answer(tok, record, pair["rejected"], **kwargs)
+        if labels_are_empty(chosen[1]) or labels_are_empty(rejected[1]):
+            dropped += 1
+            continue
+        tokenized.append((record, chosen, rejected))
+    rng = np.random.default_rng(args.seed)
+    n = len(tokenized)
+    d_chosen = np.clip(DISTANCE_CHOSEN + rng.normal(0.0, DISTANCE_NOISE_SD, n), 0.0, None)
+    d_rejected = np.clip(DISTANCE_REJECTED + rng.normal(0.0, DISTANCE_NOISE_SD, n), 0.0, None)
+    buckets = [record["bucket_id"] for record, _, _ in tokenized]
+    counts = {b: buckets.count(b) for b in sorted(set(buckets))}
+    weights = weights_for_pairs(
+        buckets,
+        d_chosen,
+        d_rejected,
+        bucket_rarity(counts),
+        a=hdpo.weight_rarity,
+        c=hdpo.weight_gap,
+        w_min=hdpo.weight_min,
+        w_max=hdpo.weight_max,
+    )
+    pairs = [
+        TokenizedPair(
+            bucket_id=record["bucket_id"],
+            chosen_ids=chosen[0],
+            chosen_labels=chosen[1],
+            rejected_ids=rejected[0],
+            rejected_labels=rejected[1],
+            chosen_distance=float(dc),
+            rejected_distance=float(dr),
+            weight=float(w),
+            pair_id=f"{record['id']}#s0",
+        )
+        for (record, chosen, rejected), dc, dr, w in zip(tokenized, d_chosen, d_rejected, weights, strict=True)
+    ]
+    seq_lengths = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+    info = {
+        "pairs": n,
+        "dropped_no_response_token": dropped,
+        "bucket_counts": counts,
+        "weight_mean": round(float(np.mean(weights)), 4),
+        "weight_min_max": [round(float(weights.min()), 4), round(float(weights.max()), 4)],
+        "sequence_tokens_mean": round(statistics.mean(seq_lengths), 1),
+        "sequence_tokens_max": max(seq_lengths),
+    }
+    return pairs, info
+
+
+def run_ours(args) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+
+    import polyalign_ray.loops.hdpo as hdpo_module
+    from polyalign_ray.config import HDPOConfig
+    from polyalign_ray.hdpo_data import reference_sequence_logps
+    from polyalign_ray.loops.checkpoints import LocalCheckpointer
+    from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
+
+    reference_mode = args.child_ref
+    shared = sftt.load_shared(Path(args.shared_script))
+    t0 = time.perf_counter()
+    gen = shared.TextGen(args.seed)
+    tok = shared.build_tokenizer(gen, args.seed, args.corpus_sentences)
+    t_tok = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shared_pairs = shared.build_pairs(gen, tok, args.seed, args.pairs)
+    t_data = time.perf_counter() - t0
+    model = shared.build_model(tok, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    # The frozen reference is copied before any wrapper is installed on the policy (a deep copy would share it).
+    reference = None
+    if reference_mode == "frozen_copy":
+        reference = copy.deepcopy(model).eval()
+        for parameter in reference.parameters():
+            parameter.requires_grad_(False)
+    gradient_checkpointing = args.child_gc == "on"
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()  # transformers' default kwargs, as TRL passes them
+
+    total_steps = args.warmup + args.steps
+    scratch = Path(tempfile.mkdtemp(prefix="hdpo_throughput_ours_"))
+    hdpo = HDPOConfig(
+        output_dir=str(scratch),
+        reference=reference_mode,
+        num_workers=1,
+        micro_batch_size=args.batch_size,
+        grad_accum_steps=1,
+        max_steps=total_steps,
+        lr=LEARNING_RATE,
+        weight_decay=0.0,
+        warmup_steps=0,
+        lr_schedule="linear",
+        min_lr_ratio=0.0,
+        max_grad_norm=MAX_GRAD_NORM,
+        log_every=1,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    pairs, data_info = build_our_pairs(args, shared_pairs, tok, hdpo)
+    t_tokenize = time.perf_counter() - t0
+
+    t_precompute = None
+    if reference_mode == "precompute":
+        pad = tok.pad_token_id
+        t0 = time.perf_counter()
+        chosen = reference_sequence_logps(model, [(p.chosen_ids, p.chosen_labels) for p in pairs], pad)
+        rejected = reference_sequence_logps(model, [(p.rejected_ids, p.rejected_labels) for p in pairs], pad)
+        t_precompute = time.perf_counter() - t0
+        for pair, c, r in zip(pairs, chosen, rejected, strict=True):
+            pair.reference_chosen_logps, pair.reference_rejected_logps = float(c), float(r)
+
+    source = hdpo_module.OfflinePairSource(
+        pairs, pairs_per_rank=args.batch_size, world_size=1, rank=0, seed=args.seed, num_steps=total_steps
+    )
+    strategy = LocalStrategy(
+        model,
+        adamw_factory(hdpo.lr, hdpo.weight_decay),
+        scheduler_factory(
+            warmup_steps=hdpo.warmup_steps,
+            total_steps=total_steps,
+            schedule=hdpo.lr_schedule,
+            min_lr_ratio=hdpo.min_lr_ratio,
+        ),
+        max_grad_norm=hdpo.max_grad_norm,
+    )
+
+    # Token counting and phase timing: wrappers around the names run_hdpo looks up at call time.
+    phases = PhaseTimer()
+    batches: list[tuple[int, int, int, int]] = []  # (real tokens, padded tokens, response tokens, rows)
+    original_collate = hdpo_module.collate_pairs
+
+    def counting_collate(pairs_, pad_token_id):
+        batch = original_collate(pairs_, pad_token_id)
+        batches.append(
+            (
+                int(batch["attention_mask"].sum()),
+                int(batch["input_ids"].numel()),
+                int((batch["labels"] != -100).sum()),
+                int(batch["input_ids"].shape[0]),
+            )
+        )
+        return batch
+
+    original_pair_log_probs = hdpo_module.pair_log_probs
+    reference_pass = phases.wrap("reference_pass", original_pair_log_probs, absorb=True)
+
+    def pair_log_probs(model_, batch):
+        if reference is not None and model_ is reference:
+            return reference_pass(model_, batch)
+        return original_pair_log_probs(model_, batch)
+
+    hdpo_module.collate_pairs = phases.wrap("collate", counting_collate)
+    hdpo_module.pair_log_probs = pair_log_probs
+    hdpo_module.sequence_log_probs = phases.wrap("logprobs", hdpo_module.sequence_log_probs)
+    hdpo_module.hdpo_loss = phases.wrap("loss", hdpo_module.hdpo_loss)
+    hdpo_module.write_metrics_line = phases.wrap("log_line", hdpo_module.write_metrics_line)
+    source.next_pairs = phases.wrap("sample", source.next_pairs)
+    model.forward = phases.wrap("forward", model.forward)
+    strategy.backward = phases.wrap("backward", strategy.backward)
+    strategy.optimizer_step = phases.wrap("optimizer_step", strategy.optimizer_step)
+    strategy.all_reduce_sum = phases.wrap("all_reduce_sum", strategy.all_reduce_sum)
+
+    profiler = cprofiler = None
+    if args.profile:
+        import cProfile
+
+        import torch.profiler
+
+        cprofiler = cProfile.Profile()
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    stamps: list[tuple[float, float, float, float]] = []
+
+    def on_log(line: dict[str, Any]) -> None:
+        stamps.append((time.perf_counter(), sftt.cpu_s(), sftt.system_busy_s(), os.getloadavg()[0]))
+        phases.close_step()
+        if args.profile and len(stamps) == args.warmup:
+            profiler.start()
+            cprofiler.enable()
+        if args.profile and len(stamps) == total_steps:
+            cprofiler.disable()
+            profiler.stop()
+
+    t0 = time.perf_counter()
+    summary = hdpo_module.run_hdpo(
+        strategy,
+        source,
+        tok,
+        hdpo=hdpo,
+        total_steps=total_steps,
+        output_dir=scratch,
+        checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
+        reference_model=reference,
+        on_log=on_log,
+    )
+    t_train = time.perf_counter() - t0
+
+    if len(stamps) != total_steps:
+        raise RuntimeError(f"expected {total_steps} step stamps, got {len(stamps)}")
+    # interval k (0-based) = step k+2 (stamp k -> stamp k+1); the timed steps are warmup+1 .. warmup+steps
+    dts = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
+    others = [max((b[2] - a[2]) - (b[1] - a[1]), 0.0) / (b[0] - a[0]) for a, b in itertools.pairwise(stamps)]
+    timed = dts[args.warmup - 1 :]
+    timed_others = others[args.warmup - 1 :]
+    quiet = [t for t, o in zip(timed, timed_others, strict=True) if o <= args.quiet_threshold]
+    real = [b[0] for b in batches[args.warmup : total_steps]]
+    padded = [b[1] for b in batches[args.warmup : total_steps]]
+    trained = [b[2] for b in batches[args.warmup : total_steps]]
+    med = statistics.median(timed)
+    sum_t = sum(timed)
+    first, last = stamps[args.warmup - 1], stamps[total_steps - 1]
+    timed_cpu = last[1] - first[1]
+    other_cpu = last[2] - first[2] - timed_cpu
+    metrics = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
+    loop_step_s = [m["step_seconds"] for m in metrics[args.warmup : total_steps]]
+    phase_names = [
+        n
+        for n in ("sample", "collate", "reference_pass", "forward", "logprobs", "loss", "backward",
+                  "optimizer_step", "all_reduce_sum", "log_line")  # fmt: skip
+        if any(n in s for s in phases.steps)
+    ]
+    phase_median = {
+        name: round(statistics.median(s.get(name, 0.0) for s in phases.steps[args.warmup : total_steps]), 4)
+        for name in phase_names
+    }
+    phase_median["other"] = round(med - sum(phase_median.values()), 4)
+    steps_per_epoch = -(-len(pairs) // args.batch_size)
+
+    result = {
+        "side": "ours",
+        "trainer": f"polyalign run_hdpo + LocalStrategy, reference {reference_mode}",
+        "reference": reference_mode,
+        "format": "chat template (ChatML) via polyalign_ray.prompting.render_prompt",
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "gradient_checkpointing": gradient_checkpointing,
+        "optim": "torch.optim.AdamW (adamw_factory, betas 0.9/0.95, default foreach/fused: single-tensor on CPU)",
+        "learning_rate": LEARNING_RATE,
+        "hdpo": {k: getattr(hdpo, k) for k in ("beta", "reg_lambda", "sft_coef", "loss_type", "weight_rarity",
+                                                "weight_gap", "weight_min", "weight_max")},  # fmt: skip
+        "data": data_info,
+        "warmup_steps_excluded": args.warmup,
+        "timed_steps": len(timed),
+        "sec_per_step_median": round(med, 4),
+        "sec_per_step_mean": round(sum_t / len(timed), 4),
+        "sec_per_step_min": round(min(timed), 4),
+        "sec_per_step_max": round(max(timed), 4),
+        "sec_per_step_stdev": round(statistics.stdev(timed), 4) if len(timed) > 1 else 0.0,
+        "sec_per_pair_median": round(med / args.batch_size, 4),
+        "loop_step_seconds_median": round(statistics.median(loop_step_s), 4),
+        "pairs_per_s": round(args.batch_size / med, 3),
+        "pairs_per_s_mean_based": round(args.batch_size * len(timed) / sum_t, 3),
+        "tokens_per_s": round(sum(real) / sum_t, 1),
+        "tokens_per_s_median_based": round(statistics.mean(real) / med, 1),
+        "tokens_per_step_mean": round(statistics.mean(real), 1),
+        "padded_tokens_per_step_mean": round(statistics.mean(padded), 1),
+        "pad_fraction": round(1 - sum(real) / sum(padded), 4),
+        "loss_tokens_per_s": round(sum(trained) / sum_t, 1),
+        "sequences_per_step": batches[0][3],
+        "phase_seconds_median": phase_median,
+        "cpu_util_timed": round(timed_cpu / sum_t, 2),
+        "other_procs_cpu_util_timed": round(max(other_cpu, 0.0) / sum_t, 2),
+        "loadavg_1m_timed_start_end": [round(first[3], 2), round(last[3], 2)],
+        "quiet_threshold_cores": args.quiet_threshold,
+        "quiet_steps": len(quiet),
+        "sec_per_step_median_quiet": round(statistics.median(quiet), 4) if quiet else None,
+        "other_procs_cores_per_step": [round(o, 2) for o in others],
+        "peak_rss_mib": round(sftt.peak_rss_mib(), 1),
+        "train_wall_s": round(t_train, 2),
+        "precompute_ref_s": None if t_precompute is None else round(t_precompute, 2),
+        "precompute_ref_s_per_pair": None if t_precompute is None else round(t_precompute / len(pairs), 4),
+        "steps_per_epoch": steps_per_epoch,
+        "sec_per_step_median_plus_amortized_precompute": (
+            None if t_precompute is None else round(med + t_precompute / steps_per_epoch, 4)
+        ),
+        "first_logged": {k: metrics[0][k] for k in ("loss", "preference_loss", "regularizer", "sft_loss",
+                                                    "rewards/margins", "weights/mean")},  # fmt: skip
+        "last_logged": {k: metrics[-1][k] for k in ("loss", "rewards/accuracy", "rewards/margins")},
+        "tokenizer_train_s": round(t_tok, 2),
+        "data_build_s": round(t_data, 2),
+        "tokenize_pairs_s": round(t_tokenize, 2),
+        "model_params": n_params,
+        "step_times_s": [round(x, 4) for x in dts],
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "summary_pairs_seen": summary["pairs_seen"],
+    }
+    if args.profile:
+        result["profile_files"] = sftt.write_profiles(
+            Path(args.profile), cprofiler, profiler, f"{args.child_gc}_hdpo_{reference_mode}"
+        )
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent
+# ----------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--trl-python",
+        default=str(sftt.DEFAULT_TRL_PYTHON),
+        help=f"Python with trl installed (default {sftt.DEFAULT_TRL_PYTHON.relative_to(REPO)})",
+    )
+    ap.add_argument(
+        "--shared-script",
+        default=str(sftt.DEFAULT_SHARED),
+        help="the shared TRL baseline (default ../shared/bench/trl_baseline.py from the repo root)",
+    )
+    ap.add_argument("--trl", default="dpo,dpo_precompute", help="TRL trainers: dpo, dpo_precompute")
+    ap.add_argument("--trl-gc", default="on", help="TRL gradient checkpointing: on (TRL's default), off, or on,off")
+    ap.add_argument("--ours", default="precompute,frozen_copy", help="our reference modes: precompute, frozen_copy")
+    ap.add_argument("--ours-gc", default="off", help="our gradient checkpointing: off (our default), on, or off,on")
+    ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
+    ap.add_argument("--repeats", type=int, default=1, help="the whole set this many times, interleaved")
+    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default 20)")
+    ap.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from timing (default 2, >= 1)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides (default 2)")
+    ap.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
+    ap.add_argument("--max-length", type=int, default=384)
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus-sentences", type=int, default=60000)
+    ap.add_argument("--quiet-threshold", type=float, default=0.15)
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
+    ap.add_argument("--quiet-window", type=float, default=10.0)
+    ap.add_argument("--busy-limit", type=float, default=0.25)
+    ap.add_argument("--retries", type=int, default=2)
+    ap.add_argument("--profile", default=None, metavar="DIR", help="one extra profiled run of ours (precompute)")
+    ap.add_argument("--logs", default=None, metavar="DIR")
+    ap.add_argument("--jsonl", default=None)
+    ap.add_argument("--report", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
+    ap.add_argument("--child-ref", default="precompute", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.warmup < 1:
+        ap.error("--warmup must be >= 1")
+    return args
+
+
+def run_label(r: dict) -> str:
+    gc = f"GC {'on' if r['gradient_checkpointing'] else 'off'}"
+    if r["side"] == "trl":
+        return f"TRL DPOTrainer {r['trainer']}, {gc}"
+    return f"ours run_hdpo {r['reference']}, {gc}"
+
+
+def aggregate(runs: list[dict]) -> dict[str, dict]:
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["config"], []).append(r)
+    out = {}
+    for key, rs in by.items():
+        pre = [r.get("precompute_ref_s") for r in rs if r.get("precompute_ref_s") is not None]
+        out[key] = {
+            "config": key,
+            "label": run_label(rs[0]),
+            "repeats": len(rs),
+            "sec_per_step_median": statistics.median(r["sec_per_step_median"] for r in rs),
+            "sec_per_pair": statistics.median(r["sec_per_step_median"] for r in rs) / rs[0]["batch_size"],
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+            "tokens_per_step_mean": statistics.median(r["tokens_per_step_mean"] for r in rs),
+            "precompute_ref_s": statistics.median(pre) if pre else None,
+            "steps_per_epoch": rs[0].get("steps_per_epoch") or -(-rs[0]["data"]["pairs"] // rs[0]["batch_size"]),
+            "pairs": rs[0]["data"]["pairs"],
+            "other_procs_cpu_util_timed": max(r["other_procs_cpu_util_timed"] for r in rs),
+        }
+    return out
+
+
+def ratios(agg: dict[str, dict], args) -> list[dict[str, Any]]:
+    """ours / TRL time ratios (below 1: ours is faster)."""
+    ours_gc = args.ours_gc.split(",")[0]
+    trl_gc = args.trl_gc.split(",")[0]
+    wanted = [
+        ("a", f"ours_precompute_gc_{ours_gc}", f"trl_dpo_precompute_gc_{trl_gc}",
+         "ours precompute vs TRL dpo_precompute (both precompute the reference)"),
+        ("b", f"ours_frozen_copy_gc_{ours_gc}", f"trl_dpo_gc_{trl_gc}",
+         "ours frozen copy vs TRL dpo (both run a reference forward every step)"),
+        ("c", f"ours_precompute_gc_{ours_gc}", f"trl_dpo_gc_{trl_gc}",
+         "ours precompute (our default) vs TRL dpo (TRL's default)"),
+    ]  # fmt: skip
+    if "off" in args.trl_gc.split(",") and "off" in args.ours_gc.split(","):
+        wanted += [
+            ("a'", "ours_precompute_gc_off", "trl_dpo_precompute_gc_off", "like (a), both GC off"),
+            ("b'", "ours_frozen_copy_gc_off", "trl_dpo_gc_off", "like (b), both GC off"),
+        ]
+    if "on" in args.trl_gc.split(",") and "on" in args.ours_gc.split(","):
+        wanted += [
+            ("a''", "ours_precompute_gc_on", "trl_dpo_precompute_gc_on", "like (a), both GC on"),
+            ("b''", "ours_frozen_copy_gc_on", "trl_dpo_gc_on", "like (b), both GC on"),
+        ]
+    out = []
+    seen = set()
+    for tag, a, b, label in wanted:
+        if a not in agg or b not in agg or (a, b) in seen:
+            continue
+        seen.add((a, b))
+        x, y = agg[a], agg[b]
+        row = {
+            "tag": tag,
+            "ours": a,
+            "trl": b,
+            "label": label,
+            "time_per_pair": x["sec_per_pair"] / y["sec_per_pair"],
+            "time_per_token": y["tokens_per_s"] / x["tokens_per_s"],
+        }
+        if x["precompute_ref_s"] is not None and y["precompute_ref_s"] is not None:
+            xa = x["sec_per_step_median"] + x["precompute_ref_s"] / x["steps_per_epoch"]
+            ya = y["sec_per_step_median"] + y["precompute_ref_s"] / y["steps_per_epoch"]
+            row["time_per_pair_with_amortized_precompute"] = xa / ya
+        elif x["precompute_ref_s"] is not None:
+            xa = x["sec_per_step_median"] + x["precompute_ref_s"] / x["steps_per_epoch"]
+            row["time_per_pair_with_amortized_precompute"] = xa / y["sec_per_step_median"]
+        out.append(row)
+    return out
+
+
+def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
+    fmt = sftt.fmt
+    lines = ["# HDPO throughput: our HDPO step vs TRL's DPOTrainer (single process, CPU)", ""]
+    lines += [
+        f"- Date: {load['date']}",
+        f"- Command: `{shlex.join(['.venv/bin/python', 'bench/hdpo_throughput.py', *argv])}`",
+        f"- Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['mem_gib']} GiB, "
+        f"Python {info['python']}",
+        f"- Load: 1-min load average {load['loadavg_before']} before, {load['loadavg_after']} after; machine CPU "
+        f"use before the first run {load['machine_cores_before']} cores; other processes' CPU during each run's "
+        "timed steps is in the table (cores; ~0 means quiet).",
+        f"- Settings: {args.steps} timed steps after {args.warmup} warm-up steps, {args.batch_size} pairs per step "
+        f"({2 * args.batch_size} sequences), max_length {args.max_length}, {args.threads} torch threads, fp32, "
+        f"seed {args.seed}, {args.pairs} pairs, lr {LEARNING_RATE} linear, no warmup, clip {MAX_GRAD_NORM}; TRL "
+        "`--format conversational`, sigmoid loss, beta 0.1; ours `HDPOConfig` defaults (beta 0.1, reg_lambda 0.1, "
+        f"sft_coef 0.05, pair weights), distances chosen {DISTANCE_CHOSEN} / rejected {DISTANCE_REJECTED} "
+        f"+ N(0, {DISTANCE_NOISE_SD}).",
+        "",
+        "| run | repeat | s/step (median) | s/step (mean) | s/pair | real tokens/s | tokens/step | pad frac "
+        "| reference precompute s (per pair) | peak RSS MiB | other procs (cores) | quiet steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        pre = r.get("precompute_ref_s")
+        pre_txt = f"{pre:.1f} ({pre / r['data']['pairs'] * 1000:.0f} ms)" if pre is not None else "–"
+        lines.append(
+            f"| {run_label(r)} | {r['repeat']} | {fmt(r['sec_per_step_median'])} | {fmt(r['sec_per_step_mean'])} "
+            f"| {r['sec_per_step_median'] / r['batch_size']:.4f} | {fmt(r['tokens_per_s'], 1)} "
+            f"| {fmt(r['tokens_per_step_mean'], 1)} | {fmt(r['pad_fraction'])} | {pre_txt} "
+            f"| {fmt(r['peak_rss_mib'], 0)} | {fmt(r['other_procs_cpu_util_timed'], 2)} "
+            f"| {r['quiet_steps']}/{r['timed_steps']} |"
+        )
+    lines += [
+        "",
+        "Ratios ours / TRL of the time (median over repeats; below 1 = ours faster; goal ≤ 0.80 per pair):",
+        "",
+        "| | comparison | time per pair | time per real token | per pair, reference precompute amortized "
+        "over one epoch |",
+        "|---|---|---|---|---|",
+    ]
+    for x in rats:
+        amort = x.get("time_per_pair_with_amortized_precompute")
+        lines.append(
+            f"| ({x['tag']}) | {x['label']} | **{x['time_per_pair']:.2f}×** | {x['time_per_token']:.2f}× "
+            f"| {fmt(amort, 2) + '×' if amort is not None else '–'} |"
+        )
+    ours = [r for r in runs if r["side"] == "ours"]
+    if ours:
+        names = list(ours[0]["phase_seconds_median"])
+        for r in ours[1:]:
+            names += [n for n in r["phase_seconds_median"] if n not in names]
+        names = [n for n in names if n != "other"] + ["other"]
+        lines += ["", "Our step, by phase (median seconds over the timed steps):", ""]
+        lines.append("| run | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---|" * len(names))
+        for r in ours:
+            lines.append(
+                f"| {run_label(r)} (repeat {r['repeat']}) | "
+                + " | ".join(fmt(r["phase_seconds_median"].get(n), 4) for n in names)
+                + " |"
+            )
+        lines += [
+            "",
+            "Phases: `sample` the pair sampler, `collate` the 2B-row batch, `reference_pass` the frozen copy's "
+            "forward and log-prob gather (no grad), `forward` the policy's forward, `logprobs` the policy's "
+            "log-prob gather over the vocabulary (`losses.sequence_log_probs`), `loss` `losses.hdpo_loss` (DPO "
+            "term, weights, regularizer, SFT term), `backward`, `optimizer_step` (clip, AdamW, scheduler, zero "
+            "grad), `other` the rest of the step (metric float conversions, bookkeeping).",
+        ]
+        r = ours[0]
+        lines += [
+            "",
+            f"Our pairs: {r['data']['pairs']} ({r['data']['dropped_no_response_token']} dropped), buckets "
+            f"{r['data']['bucket_counts']}; weights mean {r['data']['weight_mean']} (min/max "
+            f"{r['data']['weight_min_max']}); sequence tokens mean {r['data']['sequence_tokens_mean']}, max "
+            f"{r['data']['sequence_tokens_max']}. First logged step of {run_label(r)}: {r['first_logged']}.",
+        ]
+    trl = [r for r in runs if r["side"] == "trl"]
+    if trl:
+        v = trl[0].get("versions", {})
+        lines += [
+            "",
+            f"TRL side: trl {v.get('trl')}, transformers {v.get('transformers')}, torch {v.get('torch')}, "
+            f"accelerate {v.get('accelerate')}, datasets {v.get('datasets')}; optimizer {trl[0].get('optim')}, "
+            f"learning rate {trl[0].get('learning_rate')}.",
+        ]
+    if discarded:
+        lines += [
+            "",
+            f"Runs discarded because other processes used more than {args.busy_limit} cores during their timed "
+            "steps (each was run again): "
+            + "; ".join(
+                f"{run_label(d)} repeat {d['repeat']}: {d['sec_per_step_median']:.3f} s/step with "
+                f"{d['other_procs_cpu_util_timed']} cores busy"
+                for d in discarded
+            )
+            + ".",
+        ]
+    if any(r.get("busy") for r in runs):
+        lines += ["", "**Warning: some kept runs were still busy after all retries; their figures are not clean.**"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child == "ours":
+        for k, v in sftt.OFFLINE_ENV.items():
+            os.environ.setdefault(k, v)
+        result = run_ours(args)
+        sys.stdout.write(MARKER + json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return 0
+
+    shared_path = Path(args.shared_script).resolve()
+    sftt.load_shared(shared_path)
+    trl_python = Path(args.trl_python)
+    if not trl_python.is_absolute():
+        trl_python = REPO / trl_python
+    plan: list[tuple[str, str, str]] = []  # (side, trainer or reference mode, gc)
+    if not args.skip_trl:
+        if not trl_python.exists():
+            raise SystemExit(
+                f"error: no Python at {trl_python} (--trl-python). Create the TRL venv (bench/README.md) or pass "
+                "--skip-trl for our side alone."
+            )
+        for gc in (g.strip() for g in args.trl_gc.split(",") if g.strip()):
+            plan += [("trl", t.strip(), gc) for t in args.trl.split(",") if t.strip()]
+    for gc in (g.strip() for g in args.ours_gc.split(",") if g.strip()):
+        plan += [("ours", m.strip(), gc) for m in args.ours.split(",") if m.strip()]
+    for side, what, gc in plan:
+        valid = ("dpo", "dpo_precompute") if side == "trl" else ("precompute", "frozen_copy")
+        if what not in valid or gc not in ("on", "off"):
+            raise SystemExit(f"error: unknown {side} run {what!r} / GC {gc!r} ({', '.join(valid)}; on, off)")
+
+    log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="hdpo_throughput_logs_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = sftt.child_env(args)
+    info = sftt.machine_info()
+    load = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "machine_cores_before": round(sftt.machine_cpu_util(2.0), 2),
+    }
+    sys.stderr.write(f"[hdpo_throughput] logs in {log_dir}; load {load}\n")
+    runs: list[dict] = []
+    discarded: list[dict] = []
+    for repeat in range(args.repeats):
+        for side, what, gc in plan:
+            config = f"{side}_{what}_gc_{gc}"
+            for attempt in range(args.retries + 1):
+                waited = None
+                if args.wait_quiet > 0:
+                    waited, used = sftt.wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
+                    sys.stderr.write(
+                        f"[hdpo_throughput] waited {waited:.0f}s (machine {used:.2f} cores) before {config}\n"
+                    )
+                log_path = log_dir / f"{config}_r{repeat}_a{attempt}.log"
+                t0 = time.perf_counter()
+                if side == "trl":
+                    cmd = [str(trl_python), str(shared_path), "--trainers", what, "--format", "conversational",
+                           "--gradient-checkpointing", gc, *sftt.common_argv(args)]  # fmt: skip
+                    result = sftt.run_child(cmd, env, log_path, sftt.TRL_MARKER)
+                    if result is not None:
+                        result["side"] = "trl"
+                else:
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--child-gc", gc,
+                           "--child-ref", what, "--shared-script", str(shared_path), *sftt.common_argv(args)]  # fmt: skip
+                    result = sftt.run_child(cmd, env, log_path, MARKER)
+                if result is None:
+                    sys.stderr.write(f"[hdpo_throughput] {config} failed; log: {log_path}\n")
+                    return 1
+                result.update(
+                    config=config,
+                    repeat=repeat,
+                    attempt=attempt,
+                    process_wall_s=round(time.perf_counter() - t0, 1),
+                    waited_for_quiet_s=None if waited is None else round(waited, 1),
+                )
+                busy = result["other_procs_cpu_util_timed"] > args.busy_limit
+                sys.stderr.write(
+                    f"[hdpo_throughput] {run_label(result)}: {result['sec_per_step_median']:.3f} s/step, "
+                    f"{result['tokens_per_s']:.0f} tokens/s, precompute {result.get('precompute_ref_s')} s, other "
+                    f"procs {result['other_procs_cpu_util_timed']} cores, process {result['process_wall_s']} s"
+                    f"{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
+                )
+                if not busy or attempt == args.retries:
+                    result["busy"] = busy
+                    runs.append(result)
+                    break
+                discarded.append({**result, "busy": True, "discarded": True})
+    profile_run = None
+    if args.profile:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--child-gc", "off",
+               "--child-ref", "precompute", "--shared-script", str(shared_path), "--profile", args.profile,
+               *sftt.common_argv(args)]  # fmt: skip
+        profile_run = sftt.run_child(cmd, env, log_dir / "ours_profile.log", MARKER)
+        if profile_run is not None:
+            sys.stderr.write(f"[hdpo_throughput] profiles: {profile_run.get('profile_files')}\n")
+    load["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    agg = aggregate(runs)
+    rats = ratios(agg, args)
+    summary = {
+        "summary": True,
+        "date": load["date"],
+        "machine": info,
+        "load": load,
+        "aggregate": agg,
+        "ratios_ours_over_trl_time": rats,
+        "discarded_busy_runs": [(d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded],
+        "profile_files": profile_run.get("profile_files") if profile_run else None,
+        "command": shlex.join(["bench/hdpo_throughput.py", *argv]),
+    }
+    report = render_report(args, argv, runs, info, load, agg, rats, discarded)
+    print(report)
+    for r in runs:
+        print(json.dumps(r, ensure_ascii=False))
+    print(json.dumps(summary, ensure_ascii=False))
+    if args.jsonl:
+        with open(args.jsonl, "a") as f:
+            for r in runs + discarded:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    if args.report:
+        Path(args.report).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
