@@ -111,3 +111,49 @@ def test_sft_bad_config_fails_before_ray(capsys: pytest.CaptureFixture[str], mon
     assert "sft.zero_stage must be 0, 1, 2 or 3, got 5" in err
     assert "sft.micro_batch_size must be >= 1, got 0" in err
     assert "did you mean 'sft.num_workers'" in err
+
+
+def test_hdpo_bad_config_fails_before_ray(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """Online with a staleness bound every pair would exceed, a backend that is not importable-looking, inverted
+    weight bounds: exit 2, each named with its fix, and the stage never starts."""
+    import polyalign_ray.cli as cli
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the HDPO stage started despite a bad config")
+
+    monkeypatch.setattr(cli, "_run_hdpo", must_not_run)
+    argv = [
+        "hdpo",
+        "--mode",
+        "online",
+        "hdpo.rollout_depth=4",
+        "hdpo.sync_every=2",
+        "hdpo.max_staleness=3",
+        "hdpo.generation_backend=vllm",
+        "hdpo.weight_min=2",
+        "hdpo.weight_max=1",
+        "hdpo.beta=0",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "hdpo.max_staleness (3) is below rollout_depth + sync_every - 1 (5)" in err
+    assert "hdpo.generation_backend must be 'hf' or 'package.module:ClassName', got 'vllm'" in err
+    assert "0 < weight_min <= weight_max, got 2.0 and 1.0" in err
+    assert "hdpo.beta must be > 0, got 0.0" in err
+
+
+def test_hdpo_cli_maps_its_flags(monkeypatch) -> None:
+    import polyalign_ray.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(
+        cli, "_run_hdpo", lambda config, resume: seen.update(config=config, resume=resume) or 0
+    )
+    assert main(["hdpo", "--data", "d", "--output", "o", "--mode", "online", "--resume-from", "ck"]) == 0
+    hdpo = seen["config"].hdpo
+    assert (seen["config"].data.output_dir, hdpo.output_dir, hdpo.mode, seen["resume"]) == (
+        "d",
+        "o",
+        "online",
+        "ck",
+    )
