@@ -1,0 +1,73 @@
+"""METHOD.md section 6's sanity properties on the built-in bilingual corpus: human test answers scored as if they
+were model outputs reach the ideal values, and the same answers shuffled across buckets score clearly worse."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from polyalign_ray.config import DataConfig
+from polyalign_ray.corpus.builtin import builtin_corpus_rows
+from polyalign_ray.corpus.normalize import NormalizeSettings
+from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
+from polyalign_ray.corpus.readers import discover_read_units
+from polyalign_ray.corpus.tables import load_split
+from polyalign_ray.evaluation.scoring import ScoringSettings, human_references, score_predictions
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("evalsanity")
+    inputs = out / "builtin.jsonl"
+    write_jsonl(inputs, builtin_corpus_rows(max_per_bucket=120, seed=0))
+    data = DataConfig(inputs=(str(inputs),), output_dir=str(out / "data"), test_fraction=0.25)
+    prepare_in_process(
+        discover_read_units([str(inputs)]),
+        NormalizeSettings.from_data_config(data),
+        data.output_dir,
+        max_row_chars=data.max_row_chars,
+        show_progress=False,
+    )
+    train = load_split(Path(data.output_dir), "train").to_pylist()
+    test = load_split(Path(data.output_dir), "test").to_pylist()
+    human = human_references(train, max_per_bucket=300)
+    settings = ScoringSettings(min_bucket_items=8)
+    ideal = score_predictions(test, [r["response"] for r in test], human, settings)
+    shuffled_answers = [r["response"] for r in test]
+    random.Random(0).shuffle(shuffled_answers)
+    shuffled = score_predictions(test, shuffled_answers, human, settings)
+    return {"ideal": ideal, "shuffled": shuffled, "human": human, "test": test}
+
+
+def test_both_languages_and_tracks_are_covered(scored) -> None:
+    overall = scored["ideal"]
+    assert set(overall["by_language"]) == {"en", "zh"}
+    assert set(overall["by_track"]) == {"single", "multi"}
+    assert overall["overall"]["n"] == len(scored["test"])
+
+
+def test_human_answers_reach_the_ideal_values(scored) -> None:
+    ideal = scored["ideal"]["overall"]
+    assert ideal["em"] == 1.0 and ideal["f1"] == 1.0 and ideal["rouge_l"] == 1.0
+    assert ideal["bng"] < 0.35  # test vs train humans: sampling noise only
+    assert ideal["hcr"] > 0.7  # about the 80 % a q10-q90 band holds
+    assert ideal["mauve"] > 0.8
+    assert ideal["c_mauve"] > 0.7
+    if ideal["tdm"] is not None:
+        assert ideal["tdm"] > 0.7
+
+
+def test_answers_shuffled_across_buckets_score_clearly_worse(scored) -> None:
+    ideal, shuffled = scored["ideal"]["overall"], scored["shuffled"]["overall"]
+    assert shuffled["bng"] > ideal["bng"] + 0.2
+    assert shuffled["hcr"] < ideal["hcr"] - 0.05
+    assert shuffled["c_mauve"] < ideal["c_mauve"] - 0.1
+    assert shuffled["f1"] < 0.5 and shuffled["aggregate"] < ideal["aggregate"]
+    worse = [
+        b
+        for b, s in scored["shuffled"]["by_bucket"].items()
+        if s["bng"] is not None and s["bng"] > scored["ideal"]["by_bucket"][b]["bng"]
+    ]
+    assert len(worse) >= 0.8 * sum(s["bng"] is not None for s in scored["shuffled"]["by_bucket"].values())
