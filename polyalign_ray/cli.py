@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from polyalign_ray.config import ConfigError, PolyAlignConfig, load_config
 from polyalign_ray.corpus.readers import InputError
@@ -78,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     hdpo.add_argument("--resume-from", default="", help="a checkpoint folder to continue from")
     _add_common(hdpo)
 
+    evaluate = sub.add_parser(
+        "eval", help="answers of a model on the stratified test set, every metric, report.json"
+    )
+    evaluate.add_argument("--model", required=True, help="HF folder (e.g. runs/demo/sft/final) or hub name")
+    evaluate.add_argument("--name", help="run name in the report (default: the model folder's parent name)")
+    evaluate.add_argument("--data", help="data directory (data.output_dir)")
+    evaluate.add_argument("--output", help="evaluation directory (eval.output_dir)")
+    _add_common(evaluate)
+
+    compare = sub.add_parser(
+        "compare", help="several evaluated runs side by side: report.md with tables and plots"
+    )
+    compare.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run names under eval.output_dir, or their folders"
+    )
+    compare.add_argument("--data", help="data directory (data.output_dir)")
+    compare.add_argument("--output", help="evaluation directory (eval.output_dir)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--config", help="YAML file mirroring polyalign_ray/configs/default.yaml")
+
     score = sub.add_parser("score", help="critic distances for a file of (response, bucket_id) rows")
     score.add_argument("--critic", required=True, help="critic bundle directory")
     score.add_argument(
@@ -133,6 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra += [f"hdpo.output_dir={args.output}"] if args.output else []
             extra += [f"hdpo.mode={args.mode}"] if args.mode else []
             return _run_hdpo(_config(args, extra), args.resume_from)
+        if args.command in ("eval", "compare"):
+            extra = [f"data.output_dir={args.data}"] if args.data else []
+            extra += [f"eval.output_dir={args.output}"] if args.output else []
+            config = _config(args, extra)
+            if args.command == "eval":
+                name = args.name or Path(args.model).resolve().parent.name or "model"
+                return _run_eval(config, args.model, name)
+            return _run_compare(config, args.runs)
         if args.command == "score":
             return _run_score(_config(args), args.critic, args.input, args.output)
         if args.command == "pipeline":
@@ -150,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"polyalign: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, InputError) as exc:
+    except (FileNotFoundError, InputError, ValueError) as exc:
         print(f"polyalign: error: {exc}", file=sys.stderr)
         return 2
     return 1
@@ -221,6 +250,33 @@ def hdpo_line(summary: dict, output_dir: str) -> str:
         f"{first.get('distance/expected', float('nan')):.3f} -> {last.get('distance/expected', float('nan')):.3f}; "
         f"metrics in {output_dir}/metrics.jsonl, model in {summary['final_model']}"
     )
+
+
+def _run_eval(config: PolyAlignConfig, model: str, name: str) -> int:
+    from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.distributed.stages import run_eval_stage
+
+    with ray_runtime(config.ray):
+        report = run_eval_stage(config, model, name)
+    overall = report["overall"]
+    print(
+        f"eval {name}: F1 {overall['f1']:.3f}, BNG {_num(overall['bng'])}, HCR {_num(overall['hcr'])}, "
+        f"C-MAUVE {_num(overall['c_mauve'])}, aggregate {_num(overall['aggregate'])}; "
+        f"{config.eval.output_dir}/{name}/report.json"
+    )
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _run_compare(config: PolyAlignConfig, runs: Sequence[str]) -> int:
+    from polyalign_ray.distributed.stages import run_compare
+
+    path = run_compare(config, list(runs))
+    print(f"comparison report: {path}")
+    return 0
 
 
 def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output_path: str) -> int:

@@ -515,6 +515,39 @@ class HDPOConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """``polyalign eval`` / ``polyalign compare``: the metrics of METHOD.md section 6 on a stratified test set."""
+
+    output_dir: str = "runs/demo/eval"
+    split: Literal["test", "val"] = "test"
+    per_bucket: int = 40
+    """At most this many items per bucket (all of a smaller bucket): every bucket is represented."""
+    human_per_bucket: int = 500
+    """Train human answers per bucket that form the distribution metrics' human side."""
+    greedy_utility: bool = False
+    """Also decode greedily and report utility (EM/F1/ROUGE-L) of those answers (distribution metrics always use
+    the sampled answers)."""
+    profile_length: bool = False
+    """With model.profile_conditioning: put the gold length bin in evaluation prompts (unknown at deployment)."""
+    min_bucket_items: int = 5
+    bng_cap: float = 5.0
+    scale_floor: float = 0.05
+    self_bleu_sample: int = 200
+    mauve_scaling: float = 5.0
+    seed: int = 0
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        for key in ("per_bucket", "human_per_bucket", "min_bucket_items", "self_bleu_sample"):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("bng_cap", "scale_floor", "mauve_scaling"):
+            if getattr(self, key) <= 0:
+                out.append(f"{path}.{key} must be > 0, got {getattr(self, key)}")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an existing cluster (``address``) or a local instance started in-process."""
 
@@ -546,6 +579,7 @@ class PolyAlignConfig:
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
     hdpo: HDPOConfig = dataclasses.field(default_factory=HDPOConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def problems(self, path: str) -> list[str]:

@@ -20,10 +20,12 @@ def generate_responses(
     settings: GenerationConfig,
     *,
     profile_conditioning: bool = False,
+    include_length: bool = True,
     max_prompt_tokens: int = 512,
     seed_offset: int = 0,
 ) -> list[str]:
-    """One sampled answer per record, decoded without special tokens. Sampling is seeded per batch
+    """One sampled answer per record, decoded without special tokens. ``include_length=False`` leaves the gold length
+    bin out of profile-conditioned prompts (evaluation: it is unknown at deployment). Sampling is seeded per batch
     (``settings.seed + seed_offset + batch index``) so a rerun on the same records gives the same answers."""
     model.eval()
     device = next(model.parameters()).device
@@ -33,7 +35,12 @@ def generate_responses(
     try:
         for start in range(0, len(records), settings.batch_size):
             batch = records[start : start + settings.batch_size]
-            prompts = [render_prompt(tokenizer, r, profile_conditioning=profile_conditioning) for r in batch]
+            prompts = [
+                render_prompt(
+                    tokenizer, r, profile_conditioning=profile_conditioning, include_length=include_length
+                )
+                for r in batch
+            ]
             encoded = tokenizer(
                 prompts,
                 return_tensors="pt",

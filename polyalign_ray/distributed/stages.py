@@ -21,7 +21,7 @@ from polyalign_ray.corpus.builtin import builtin_corpus_rows
 from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
 from polyalign_ray.corpus.readers import discover_read_units
-from polyalign_ray.corpus.tables import load_split
+from polyalign_ray.corpus.tables import RECORD_SCHEMA, load_split
 from polyalign_ray.features import features_as_matrix
 from polyalign_ray.models import write_builtin_base_model
 from polyalign_ray.references import build_references
@@ -245,6 +245,142 @@ def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "") -> dict[st
         summary["final_model"],
     )
     return summary
+
+
+def evaluation_records(config: PolyAlignConfig) -> list[dict[str, Any]]:
+    """The stratified evaluation set of ``eval.split`` (every bucket, at most ``eval.per_bucket`` items each)."""
+    from polyalign_ray.evaluation.eval_set import stratified_eval_set
+
+    data_dir = Path(config.data.output_dir)
+    records = load_split(data_dir, config.eval.split).to_pylist()
+    if not records:
+        raise FileNotFoundError(
+            f"no {config.eval.split} records under {data_dir}: run `polyalign prepare` first"
+        )
+    return stratified_eval_set(records, per_bucket=config.eval.per_bucket, seed=config.eval.seed)
+
+
+def train_human_references(config: PolyAlignConfig) -> dict[str, Any]:
+    """Per-bucket human side of the distribution metrics, from the train split (features reused from the
+    references stage when present)."""
+    from polyalign_ray.evaluation.scoring import human_references
+
+    data_dir = Path(config.data.output_dir)
+    train = load_split(data_dir, "train").to_pylist()
+    features = None
+    path = data_dir / "features" / "features.parquet"
+    if path.is_file():
+        table = pq.read_table(path)
+        matrix = features_as_matrix(table)
+        row_of = {key: i for i, key in enumerate(table["id"].to_pylist())}
+        if all(r["id"] in row_of for r in train):
+            features = matrix[[row_of[r["id"]] for r in train]]
+    return human_references(
+        train, max_per_bucket=config.eval.human_per_bucket, seed=config.eval.seed, features=features
+    )
+
+
+def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, Any]:
+    """``polyalign eval``: answers of ``model`` for the evaluation set (Ray Data generation actors), every metric,
+    ``eval.output_dir/NAME/{predictions.jsonl, report.json}``; returns the report."""
+    import dataclasses
+
+    from polyalign_ray.distributed.generate import sample_answers_with_ray
+    from polyalign_ray.evaluation.scoring import ScoringSettings, score_predictions
+    from polyalign_ray.schema import count_length_tokens
+
+    cfg = config.eval
+    out = Path(cfg.output_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    records = evaluation_records(config)
+    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+    log.info(
+        "eval %s: %d items in %d buckets from %s",
+        name,
+        len(records),
+        len({r["bucket_id"] for r in records}),
+        model,
+    )
+    sampled = sample_answers_with_ray(
+        table, model, config.generation, config.model, include_length=cfg.profile_length
+    )
+    predictions = [sampled[r["id"]][0] for r in records]
+    settings = ScoringSettings(
+        min_bucket_items=cfg.min_bucket_items,
+        bng_cap=cfg.bng_cap,
+        scale_floor=cfg.scale_floor,
+        self_bleu_sample=cfg.self_bleu_sample,
+        mauve_scaling=cfg.mauve_scaling,
+        seed=cfg.seed,
+    )
+    report = score_predictions(records, predictions, train_human_references(config), settings)
+    if cfg.greedy_utility:
+        greedy = sample_answers_with_ray(
+            table,
+            model,
+            dataclasses.replace(config.generation, do_sample=False),
+            config.model,
+            include_length=cfg.profile_length,
+        )
+        greedy_report = score_predictions(records, [greedy[r["id"]][0] for r in records], {}, settings)
+        report["greedy_utility"] = {k: greedy_report["overall"][k] for k in ("em", "f1", "rouge_l")}
+    lengths: dict[str, list[int]] = {}
+    for record, prediction in zip(records, predictions, strict=True):
+        lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(prediction))
+    report.update({"name": name, "model": model, "split": cfg.split, "lengths": lengths})
+    write_jsonl(
+        out / "predictions.jsonl",
+        (
+            {"id": r["id"], "bucket_id": r["bucket_id"], "prediction": p, "reference": r["response"]}
+            for r, p in zip(records, predictions, strict=True)
+        ),
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    overall = report["overall"]
+    log.info(
+        "eval %s: F1 %.3f, BNG %s, HCR %s, C-MAUVE %s -> %s",
+        name,
+        overall["f1"],
+        overall["bng"],
+        overall["hcr"],
+        overall["c_mauve"],
+        out,
+    )
+    return report
+
+
+def run_compare(config: PolyAlignConfig, runs: list[str]) -> Path:
+    """``polyalign compare``: the runs' reports side by side (same evaluation set required): report.md, plots,
+    comparison.json in ``eval.output_dir/report/``; returns the path of report.md."""
+    from polyalign_ray.evaluation.report import plot_comparison, render_comparison
+    from polyalign_ray.schema import count_length_tokens
+
+    base = Path(config.eval.output_dir)
+    reports = []
+    for run in runs:
+        path = Path(run) / "report.json" if Path(run).is_dir() else base / run / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no report for {run!r} at {path}: run `polyalign eval --name {run}` first"
+            )
+        reports.append(json.loads(path.read_text(encoding="utf-8")))
+    item_sets = [sorted(item["id"] for item in r["items"]) for r in reports]
+    if any(items != item_sets[0] for items in item_sets[1:]):
+        raise ValueError(
+            "the runs were evaluated on different item sets; evaluate them with the same data and eval.*"
+        )
+    out = base / "report"
+    records = {r["id"]: r for r in evaluation_records(config)}
+    human_lengths: dict[str, list[int]] = {}
+    for key in item_sets[0]:
+        record = records.get(key)
+        if record is not None:
+            human_lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(record["response"]))
+    plots = plot_comparison(reports, human_lengths, out / "plots")
+    (out / "report.md").write_text(render_comparison(reports, plots), encoding="utf-8")
+    summary = {r["name"]: {"model": r["model"], **r["overall"]} for r in reports}
+    (out / "comparison.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    return out / "report.md"
 
 
 def read_rows(path: Path) -> pa.Table:

@@ -71,3 +71,33 @@ def test_answers_shuffled_across_buckets_score_clearly_worse(scored) -> None:
         if s["bng"] is not None and s["bng"] > scored["ideal"]["by_bucket"][b]["bng"]
     ]
     assert len(worse) >= 0.8 * sum(s["bng"] is not None for s in scored["shuffled"]["by_bucket"].values())
+
+
+def test_comparison_report_and_plots(scored, tmp_path: Path) -> None:
+    """Two 'runs' (the human answers and the shuffled ones) side by side: tables per language, track and bucket,
+    and three plots that open as images."""
+    import matplotlib.image
+
+    from polyalign_ray.evaluation.report import plot_comparison, render_comparison
+    from polyalign_ray.schema import count_length_tokens
+
+    lengths: dict[str, list[int]] = {}
+    for record in scored["test"]:
+        lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(record["response"]))
+    reports = [
+        {**scored["ideal"], "name": "human", "lengths": lengths},
+        {**scored["shuffled"], "name": "shuffled", "lengths": {}},
+    ]
+    plots = plot_comparison(reports, lengths, tmp_path / "plots")
+    text = render_comparison(reports, plots)
+    assert len(plots) == 3
+    for plot in plots:
+        image = matplotlib.image.imread(tmp_path / plot)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    assert "## Per language" in text and "| zh | human |" in text and "| en | shuffled |" in text
+    assert "| single | human |" in text and "| multi | shuffled |" in text
+    for bucket in scored["ideal"]["by_bucket"]:
+        assert f"| {bucket} | human |" in text
+    # the best BNG of the overall table is the human one, in bold
+    overall_row = next(line for line in text.splitlines() if line.startswith("| human |"))
+    assert f"**{scored['ideal']['overall']['bng']:.3f}**" in overall_row
