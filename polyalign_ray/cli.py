@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "score":
             return _run_score(_config(args), args.critic, args.input, args.output)
         if args.command == "pipeline":
-            stages = ("data", "sft", "critic", "hdpo")
+            stages = ("data", "sft", "critic", "hdpo", "eval")
             extra = [f"{s}.output_dir={os.path.join(args.output, s)}" for s in stages] if args.output else []
             config = _config(args, extra)
             return _run_pipeline(config)
@@ -290,33 +290,59 @@ def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output
 
 
 def _run_pipeline(config: PolyAlignConfig) -> int:
+    from polyalign_ray.distributed.pipeline import run_pipeline
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import (
-        run_critic_stage,
-        run_hdpo_stage,
-        run_prepare,
-        run_references,
-        run_sft_stage,
-    )
 
     with ray_runtime(config.ray):
-        run_prepare(config, engine="ray")
-        table = run_references(config)
-        print("\n" + table)
-        summary = run_sft_stage(config)
-        critic = run_critic_stage(config)
-        hdpo = run_hdpo_stage(config)
-    print(f"Records, quarantine, manifest and references: {config.data.output_dir}/")
-    print(
-        f"Bucket-Aware SFT: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
-        f"metrics in {config.sft.output_dir}/metrics.jsonl, model in {summary['final_model']}"
-    )
-    print(
-        f"Critic: held-out Spearman {critic['heldout_spearman']:.3f}, human<SFT ranking accuracy "
-        f"{critic['heldout_ranking_accuracy_human_below_model']:.3f}; bundle in {config.critic.output_dir}/"
-    )
-    print(hdpo_line(hdpo, config.hdpo.output_dir))
+        results = run_pipeline(config)
+    print(pipeline_summary(config, results))
     return 0
+
+
+def _summary_file(folder: str) -> dict:
+    path = Path(folder) / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def pipeline_summary(config: PolyAlignConfig, results: dict) -> str:
+    """What a person reads at the end of the pipeline: each stage's outcome and where the report is."""
+    lines = [
+        "",
+        "Pipeline finished in {:.0f} s; stage times (s): {}".format(results["wall_s"], results["timings"]),
+    ]
+    lines.append(f"Records, quarantine, manifest, references, bucket table: {config.data.output_dir}/")
+    sft = _summary_file(config.sft.output_dir)
+    if sft:
+        lines.append(
+            f"Bucket-Aware SFT: {sft['steps']} steps, loss {sft['first_loss']:.3f} -> {sft['final_loss']:.3f}; "
+            f"model in {sft['final_model']}"
+        )
+    critic = _summary_file(config.critic.output_dir)
+    if critic:
+        lines.append(
+            f"Critic: held-out Spearman {critic['heldout_spearman']:.3f}, human<SFT ranking accuracy "
+            f"{critic['heldout_ranking_accuracy_human_below_model']:.3f}; bundle in {config.critic.output_dir}/"
+        )
+    hdpo = _summary_file(config.hdpo.output_dir)
+    if hdpo:
+        lines.append(hdpo_line(hdpo, config.hdpo.output_dir))
+    report = Path(config.eval.output_dir) / "report"
+    comparison = report / "comparison.json"
+    if comparison.is_file():
+        runs = json.loads(comparison.read_text(encoding="utf-8"))
+        lines += [
+            "",
+            "| run | F1 | BNG (lower better) | HCR | C-MAUVE | MAUVE | aggregate |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in runs.items():
+            values = [row.get(k) for k in ("f1", "bng", "hcr", "c_mauve", "mauve", "aggregate")]
+            lines.append(f"| {name} | " + " | ".join(_num(v) for v in values) + " |")
+        lines += [
+            "",
+            f"Comparison report (tables per language, track and bucket; plots): {report / 'report.md'}",
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -547,6 +547,41 @@ class EvalConfig:
         return out
 
 
+PIPELINE_STAGE_NAMES: tuple[str, ...] = (
+    "data",
+    "sft_plain",
+    "sft",
+    "critic",
+    "dpo",
+    "hdpo",
+    "eval_base",
+    "eval_sft_plain",
+    "eval_sft",
+    "eval_dpo",
+    "eval_hdpo",
+    "compare",
+)
+"""The stages of ``polyalign pipeline``, in order (``distributed/pipeline.py``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """``polyalign pipeline``: which stages run; a finished stage (same settings) is not redone."""
+
+    baselines: bool = True
+    """Also train plain SFT (natural bucket frequencies) and DPO (lambda = gamma = 0, unit weights) for the report."""
+    evaluate: bool = True
+    """Evaluate base, SFT, HDPO (and the baselines) and write the comparison report."""
+    redo: tuple[str, ...] = ()
+    """Stages to run again even when finished, e.g. [hdpo, eval_hdpo, compare]."""
+
+    def problems(self, path: str) -> list[str]:
+        unknown = [s for s in self.redo if s not in PIPELINE_STAGE_NAMES]
+        if unknown:
+            return [f"{path}.redo has unknown stage(s) {unknown}; stages: {list(PIPELINE_STAGE_NAMES)}"]
+        return []
+
+
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an existing cluster (``address``) or a local instance started in-process."""
@@ -580,6 +615,7 @@ class PolyAlignConfig:
     critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
     hdpo: HDPOConfig = dataclasses.field(default_factory=HDPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def problems(self, path: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The data plane on a real local Ray instance: Ray Data prepare equals the in-process engine, and the
-embedded-default pipeline (built-in corpus -> records -> references -> SFT -> critic) runs end to end, scaled
-down."""
+embedded-default pipeline (built-in corpus -> records -> references -> plain and Bucket SFT -> critic -> DPO and HDPO ->
+evaluation -> comparison report) runs end to end, scaled down, and a rerun skips every finished stage."""
 
 from __future__ import annotations
 
@@ -93,6 +93,11 @@ def test_pipeline_on_the_builtin_corpus(
         "critic.max_prompts=200",
         "critic.epochs=4",
         "critic.hash_buckets=4096",
+        "hdpo.max_steps=4",
+        "hdpo.max_prompts=100",
+        "eval.per_bucket=4",
+        "eval.min_bucket_items=2",
+        "eval.human_per_bucket=40",
     ]
     assert main(["pipeline", "--output", str(tmp_path), *small]) == 0
     data = tmp_path / "data"
@@ -114,3 +119,18 @@ def test_pipeline_on_the_builtin_corpus(
     assert (data / "buckets.md").is_file()
     assert json.loads((tmp_path / "sft" / "summary.json").read_text())["steps"] == 6
     assert json.loads((tmp_path / "critic" / "summary.json").read_text())["gates_passed"]
+    for run in ("sft_plain", "hdpo", "dpo"):
+        assert (tmp_path / run / "final" / "config.json").is_file(), run
+    dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+    assert dpo["pair_counts"]["weight_mean"] == 1.0  # the DPO baseline: unit weights
+    report = (tmp_path / "eval" / "report" / "report.md").read_text()
+    for name in ("base", "sft_plain", "sft", "dpo", "hdpo"):
+        assert f"| {name} |" in report
+    assert "| en | hdpo |" in report and "| zh | hdpo |" in report
+    assert "| single | sft |" in report and "| multi | sft |" in report
+    assert "Comparison report" in out
+    # a second run finds every stage done and redoes nothing but what pipeline.redo names
+    assert main(["pipeline", "--output", str(tmp_path), *small, "pipeline.redo=[compare]"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("done earlier, skipped") == 11
+    assert "compare: comparison report ..." in again
