@@ -40,6 +40,9 @@ from polyalign_ray.rollouts import PairBuildCounts, RolloutWorker, overlap_secon
 
 log = logging.getLogger(__name__)
 
+MAX_BATCHES_WITHOUT_PAIR = 20
+"""The pipeline stops with an error (instead of sampling forever) after this many rollout batches without a pair."""
+
 
 class RemoteRolloutWorker(RolloutWorker):
     """The actor form: each call names the weights version it must sample from and carries (boxed, so Ray does not
@@ -113,6 +116,13 @@ class OnlinePairSource:
             num_cpus=cfg.actor_num_cpus,
             num_gpus=cfg.actor_num_gpus,
         )
+        log.info(
+            "online HDPO: 1 rollout actor + %d critic actors; %d prompts x %d samples per rollout batch, %d in flight",
+            cfg.num_actors,
+            self.prompts_per_batch,
+            hdpo.rollouts_per_prompt,
+            hdpo.rollout_depth,
+        )
         self.buffer: collections.deque[TokenizedPair] = collections.deque()
         self.in_flight: collections.deque[dict[str, Any]] = collections.deque()
         self.version = 0
@@ -125,6 +135,7 @@ class OnlinePairSource:
         self.generator_intervals: list[tuple[float, float]] = []
         self.wait_seconds = 0.0
         self.staleness: list[int] = []
+        self.batches_without_pair = 0
 
     # --- rank 0: the pipeline -------------------------------------------------------------------------------
 
@@ -184,6 +195,13 @@ class OnlinePairSource:
         self.totals["weight_sum"] += sum(p.weight for p in pairs)
         self.totals["weight_count"] += len(pairs)
         self.buffer.extend(pairs)
+        self.batches_without_pair = 0 if pairs else self.batches_without_pair + 1
+        if self.batches_without_pair >= MAX_BATCHES_WITHOUT_PAIR:
+            raise RuntimeError(
+                f"{MAX_BATCHES_WITHOUT_PAIR} rollout batches in a row gave no pair (no candidate beat another by "
+                f"more than hdpo.pair_margin={self.hdpo.pair_margin}); lower hdpo.pair_margin, raise "
+                "hdpo.rollouts_per_prompt, or check the critic (polyalign score) and generation settings"
+            )
 
     def _take_global_batch(self, step: int) -> list[TokenizedPair]:
         """``global_pairs`` fresh-enough pairs, topping the pipeline up to ``rollout_depth`` batches first."""

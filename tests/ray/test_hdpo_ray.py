@@ -196,30 +196,44 @@ def online_local_run(
     return summary, logged
 
 
-def test_online_actors_killed_mid_run_lose_no_pair(data_dir, zero3_run, critic_bundle, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def online_calm(data_dir, zero3_run, critic_bundle, tmp_path_factory) -> tuple[dict, list[dict], Path]:
+    """The undisturbed in-process online run (checkpoints every 2 steps) the next two tests compare with."""
+    out = tmp_path_factory.mktemp("online_calm")
+    summary, logged = online_local_run(
+        data_dir, zero3_run, critic_bundle, out, overrides=("hdpo.checkpoint_every=2",)
+    )
+    return summary, logged, out
+
+
+def test_online_actors_killed_mid_run_lose_no_pair(
+    data_dir, zero3_run, critic_bundle, online_calm, tmp_path
+) -> None:
     """After step 2 the generator and a critic actor are killed while rollouts are in flight (Ray restarts them
     and re-executes their calls). The run uses exactly the pairs of an undisturbed run: same losses, same counts."""
-    calm_summary, calm = online_local_run(data_dir, zero3_run, critic_bundle, tmp_path / "calm")
-    hit_summary, hit = online_local_run(data_dir, zero3_run, critic_bundle, tmp_path / "hit", kill_at=2)
+    calm_summary, calm, _ = online_calm
+    hit_summary, hit = online_local_run(
+        data_dir, zero3_run, critic_bundle, tmp_path, kill_at=2, overrides=("hdpo.checkpoint_every=2",)
+    )
     assert [x["loss"] for x in hit] == pytest.approx([x["loss"] for x in calm], rel=1e-6)
     for key in ("pairs_built", "pairs_used", "prompts", "candidates", "rollout_batches"):
         assert hit_summary["source"][key] == calm_summary["source"][key], key
     assert hit_summary["source"]["pairs_used"] == 5 * 4
 
 
-def test_online_resume_equals_uninterrupted(data_dir, zero3_run, critic_bundle, tmp_path) -> None:
+def test_online_resume_equals_uninterrupted(
+    data_dir, zero3_run, critic_bundle, online_calm, tmp_path
+) -> None:
     """A checkpoint drains the rollouts in flight and saves the pair buffer; resuming from it (fresh actors, the
     resumed weights pushed to the generator) repeats the uninterrupted run's remaining steps."""
-    full_summary, full = online_local_run(
-        data_dir, zero3_run, critic_bundle, tmp_path / "full", overrides=("hdpo.checkpoint_every=2",)
-    )
-    checkpoint = tmp_path / "full" / "checkpoints" / "step_000002"
+    full_summary, full, full_dir = online_calm
+    checkpoint = full_dir / "checkpoints" / "step_000002"
     assert (checkpoint / "pair_source.pt").is_file()
     resumed_summary, resumed = online_local_run(
         data_dir,
         zero3_run,
         critic_bundle,
-        tmp_path / "resumed",
+        tmp_path,
         resume_from=checkpoint,
         overrides=("hdpo.checkpoint_every=2",),
     )
