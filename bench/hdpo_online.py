@@ -202,7 +202,9 @@ class RoleSampler:
         wall = max(b["t"] - a["t"], 1e-9)
         return {
             "wall_s": round(wall, 1),
-            "cpu_s_by_role": {k: round(v, 1) for k, v in sorted(self.role_cpu.items(), key=lambda kv: -kv[1])},
+            "cpu_s_by_role": {
+                k: round(v, 1) for k, v in sorted(self.role_cpu.items(), key=lambda kv: -kv[1])
+            },
             "other_procs_cores": round(self.other_cpu / wall, 2),
             "peak_tree_rss_mib": round(self.peak_tree_rss / 2**20, 1),
         }
@@ -263,14 +265,24 @@ def setup(args, work: Path) -> dict[str, Any]:
         times["critic_s"] = round(time.perf_counter() - t, 1)
     setup_file = work / "setup.json"
     previous = json.loads(setup_file.read_text()) if setup_file.is_file() else {}
-    setup_file.write_text(json.dumps({**previous, **times}, indent=1))
+    used = {"max_per_bucket": args.max_per_bucket, "sft_steps": args.sft_steps, "max_prompts": args.max_prompts,
+            "max_new_tokens": args.max_new_tokens}  # fmt: skip
+    for key, value in used.items():
+        if key in previous and previous[key] != value:
+            raise SystemExit(
+                f"error: {work} was set up with {key}={previous[key]}, not {value}: use another --work"
+            )
+    setup_file.write_text(json.dumps({**previous, **used, **times}, indent=1))
     import pyarrow.parquet as pq
     from transformers import AutoConfig
 
     model_cfg = AutoConfig.from_pretrained(work / "sft" / "final")
     critic = json.loads((work / "critic" / "summary.json").read_text())
     return {
-        "setup_times_s": json.loads(setup_file.read_text()),
+        "setup_times_s": {k: v for k, v in json.loads(setup_file.read_text()).items() if k.endswith("_s")},
+        "setup_settings": {
+            k: v for k, v in json.loads(setup_file.read_text()).items() if not k.endswith("_s")
+        },
         "train_records": sum(pq.read_metadata(p).num_rows for p in (data / "train").glob("*.parquet")),
         "model": {
             "hidden_size": model_cfg.hidden_size,
@@ -352,12 +364,16 @@ def measure(args, work: Path, name: str, overrides: list[str], repeat: int) -> d
         row["batches_per_step"] = round(batches / args.steps, 2)
         row["generator_s_per_step"] = round(src["generator_busy_s"] / args.steps, 3)
         row["trainer_compute_s_per_step"] = round(src["trainer_compute_s"] / args.steps, 3)
+        # step time outside the trainer's compute intervals and the wait: broadcast of the pairs, the weight
+        # gather + ray.put after every update (sync_every=1), metrics all-reduce (whole run, per step)
+        row["outside_compute_and_wait_s_per_step"] = round(
+            (sum(step_s) - src["trainer_compute_s"] - src["trainer_wait_for_pairs_s"]) / args.steps, 3
+        )
     else:
         counts = summary.get("pair_counts") or {}
         row["pair_counts"] = {k: counts.get(k) for k in ("pairs", "candidates", "dropped_exact_match",
                                                           "dropped_truncated", "weight_mean")}  # fmt: skip
     return row
-
 
 
 def probe_generator(args, work: Path) -> list[dict[str, Any]]:
@@ -385,7 +401,7 @@ def probe_generator(args, work: Path) -> list[dict[str, Any]]:
         )
         times: dict[str, float] = {}
 
-        def timed(name, fn):
+        def timed(name, fn, times=times):
             def call(*a, **kw):
                 t = time.perf_counter()
                 try:
@@ -402,7 +418,7 @@ def probe_generator(args, work: Path) -> list[dict[str, Any]]:
         model = worker.backend.model
         original_generate = model.generate
 
-        def full_length_generate(*a, **kw):
+        def full_length_generate(*a, original_generate=original_generate, **kw):
             kw["min_new_tokens"] = kw["max_new_tokens"]  # no end-of-turn before max_new_tokens
             return original_generate(*a, **kw)
 
@@ -445,6 +461,7 @@ def probe_generator(args, work: Path) -> list[dict[str, Any]]:
         setattr(rollouts, name, fn)
     return rows
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------------
@@ -473,7 +490,9 @@ def render(
         f"SFT {args.sft_steps} steps; critic on {args.max_prompts} train prompts + val (gates passed: "
         f"{prep['critic_gates_passed']}, held-out Spearman {fmt(prep['critic_heldout_spearman'])}); "
         f"`generation.max_new_tokens={args.max_new_tokens}`; `hdpo.max_prompts={args.max_prompts}`. Setup times "
-        f"(first run): {prep['setup_times_s']}.",
+        "(when first run): "
+        + ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in prep["setup_times_s"].items())
+        + ".",
         f"- Every HDPO run: {args.workers} workers × micro-batch {args.micro_batch_size} pairs = "
         f"{args.workers * args.micro_batch_size} pairs per step, ZeRO-2, {args.steps} steps, `hdpo.log_every=1`; "
         f"**the first {args.exclude} steps are excluded** from the step figures (worker, generator and critic "
@@ -489,7 +508,7 @@ def render(
     offline = {r["repeat"]: r for r in rows if r["variant"] == "offline"}
     off_med = statistics.median(r["step_s_median"] for r in offline.values()) if offline else None
     for r in rows:
-        base = offline.get(r["repeat"], None)
+        base = offline.get(r["repeat"])
         ratio = r["step_s_median"] / base["step_s_median"] if base else None
         load = r["load_timed"] or {}
         lines.append(
@@ -503,12 +522,13 @@ def render(
         lines += [
             "",
             "Online pipeline (from `summary.json`'s `source`, whole run incl. the excluded steps; per batch = per "
-            "rollout batch of `rollout_prompts` = 8 prompts):",
+            "rollout batch of `hdpo.rollout_prompts` prompts: the global batch, 8, unless the variant sets it):",
             "",
             "| variant | repeat | rollout batches | candidates/batch | pairs/batch | generator s/batch | critic s/batch "
             "| generator busy s | gen. overlap | critic busy s | critic busy while training s | critic overlap "
-            "| trainer compute s | trainer wait s | steps waiting | staleness mean/max | stale dropped |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| trainer compute s (per step) | trainer wait s | push etc. s/step | steps waiting | staleness mean/max "
+            "| stale dropped |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in online_rows:
             s = r["source"]
@@ -517,7 +537,8 @@ def render(
                 f"| {r['pairs_per_batch']} | {r['generator_s_per_batch']:.2f} | {r['critic_s_per_batch']:.3f} "
                 f"| {s['generator_busy_s']:.1f} | {s['generator_overlap_fraction']:.2f} | {s['critic_busy_s']:.2f} "
                 f"| {s['critic_busy_while_training_s']:.2f} | {s['critic_overlap_fraction']:.2f} "
-                f"| {s['trainer_compute_s']:.1f} | {s['trainer_wait_for_pairs_s']:.1f} "
+                f"| {s['trainer_compute_s']:.1f} ({r['trainer_compute_s_per_step']:.2f}) "
+                f"| {s['trainer_wait_for_pairs_s']:.1f} | {r['outside_compute_and_wait_s_per_step']:.3f} "
                 f"| {r['steps_waiting_over_10ms']}/{args.steps - args.exclude} "
                 f"| {s['staleness_mean']:.2f}/{s['staleness_max']} | {s['pairs_dropped_stale']} |"
             )
@@ -583,7 +604,10 @@ def render(
             + ".",
         ]
     if any(r.get("busy") for r in rows):
-        lines += ["", "**Warning: some kept runs were still busy after all retries; their figures are not clean.**"]
+        lines += [
+            "",
+            "**Warning: some kept runs were still busy after all retries; their figures are not clean.**",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -602,20 +626,29 @@ def parse_args(argv=None):
     )
     ap.add_argument("--repeats", type=int, default=1, help="the variant list this many times (default 1)")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--exclude", type=int, default=5, help="first steps left out of the step figures (default 5)")
+    ap.add_argument(
+        "--exclude", type=int, default=5, help="first steps left out of the step figures (default 5)"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--micro-batch-size", type=int, default=4)
     ap.add_argument("--max-per-bucket", type=int, default=60)
     ap.add_argument("--max-prompts", type=int, default=300, help="critic.max_prompts and hdpo.max_prompts")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--sft-steps", type=int, default=60)
+    ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra override for every stage")
-    ap.add_argument("--work", default="/tmp/hdpo_online", help="scratch folder (kept; setup reused if present)")
-    ap.add_argument("--setup-only", action="store_true")
-    ap.add_argument("--probe-batches", type=int, default=3, help="generator probe batches per k (0: no probe)")
     ap.add_argument(
-        "--probe-k", default="4,2", type=lambda t: [int(x) for x in t.split(",") if x], help="k values to probe"
+        "--work", default="/tmp/hdpo_online", help="scratch folder (kept; setup reused if present)"
+    )
+    ap.add_argument("--setup-only", action="store_true")
+    ap.add_argument(
+        "--probe-batches", type=int, default=3, help="generator probe batches per k (0: no probe)"
+    )
+    ap.add_argument(
+        "--probe-k",
+        default="4,2",
+        type=lambda t: [int(x) for x in t.split(",") if x],
+        help="k values to probe",
     )
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--quiet-threshold", type=float, default=0.2)
@@ -682,7 +715,9 @@ def main(argv=None) -> int:
                 for attempt in range(args.retries + 1):
                     waited = None
                     if args.wait_quiet > 0:
-                        waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
+                        waited, used = wait_for_quiet(
+                            args.quiet_threshold, args.wait_quiet, args.quiet_window
+                        )
                         sys.stderr.write(
                             f"[hdpo_online] waited {waited:.0f}s (other processes {used:.2f} cores) before {name}\n"
                         )
@@ -708,7 +743,9 @@ def main(argv=None) -> int:
     if args.probe_batches > 0:
         if args.wait_quiet > 0:
             waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
-            sys.stderr.write(f"[hdpo_online] waited {waited:.0f}s (other processes {used:.2f} cores) before probe\n")
+            sys.stderr.write(
+                f"[hdpo_online] waited {waited:.0f}s (other processes {used:.2f} cores) before probe\n"
+            )
         busy0, t0 = system_busy_s(), time.perf_counter()
         cpu0 = time.process_time()
         probe = probe_generator(args, work)

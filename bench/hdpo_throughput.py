@@ -67,13 +67,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sft_throughput as sftt  # noqa: E402  (helpers shared with the SFT benchmark)
+import sft_throughput as sftt  # helpers shared with the SFT benchmark
 
 REPO = sftt.REPO
 MARKER = "HDPO_THROUGHPUT_JSON "
 # DPOConfig's defaults (TRL 1.16), matched on our side
 LEARNING_RATE = 1e-6
 MAX_GRAD_NORM = 1.0
+# A run's median over its quiet steps (other processes <= --quiet-threshold cores) counts when it has this many
+MIN_QUIET_STEPS = 8
 DISTANCE_CHOSEN = 0.3
 DISTANCE_REJECTED = 1.0
 DISTANCE_NOISE_SD = 0.1
@@ -159,7 +161,9 @@ def build_our_pairs(args, shared_pairs: list[dict], tok, hdpo) -> tuple[list, di
             weight=float(w),
             pair_id=f"{record['id']}#s0",
         )
-        for (record, chosen, rejected), dc, dr, w in zip(tokenized, d_chosen, d_rejected, weights, strict=True)
+        for (record, chosen, rejected), dc, dr, w in zip(
+            tokenized, d_chosen, d_rejected, weights, strict=True
+        )
     ]
     seq_lengths = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
     info = {
@@ -349,8 +353,18 @@ def run_ours(args) -> dict[str, Any]:
     loop_step_s = [m["step_seconds"] for m in metrics[args.warmup : total_steps]]
     phase_names = [
         n
-        for n in ("sample", "collate", "reference_pass", "forward", "logprobs", "loss", "backward",
-                  "optimizer_step", "all_reduce_sum", "log_line")  # fmt: skip
+        for n in (
+            "sample",
+            "collate",
+            "reference_pass",
+            "forward",
+            "logprobs",
+            "loss",
+            "backward",
+            "optimizer_step",
+            "all_reduce_sum",
+            "log_line",
+        )
         if any(n in s for s in phases.steps)
     ]
     phase_median = {
@@ -371,8 +385,19 @@ def run_ours(args) -> dict[str, Any]:
         "gradient_checkpointing": gradient_checkpointing,
         "optim": "torch.optim.AdamW (adamw_factory, betas 0.9/0.95, default foreach/fused: single-tensor on CPU)",
         "learning_rate": LEARNING_RATE,
-        "hdpo": {k: getattr(hdpo, k) for k in ("beta", "reg_lambda", "sft_coef", "loss_type", "weight_rarity",
-                                                "weight_gap", "weight_min", "weight_max")},  # fmt: skip
+        "hdpo": {
+            k: getattr(hdpo, k)
+            for k in (
+                "beta",
+                "reg_lambda",
+                "sft_coef",
+                "loss_type",
+                "weight_rarity",
+                "weight_gap",
+                "weight_min",
+                "weight_max",
+            )
+        },
         "data": data_info,
         "warmup_steps_excluded": args.warmup,
         "timed_steps": len(timed),
@@ -408,8 +433,10 @@ def run_ours(args) -> dict[str, Any]:
         "sec_per_step_median_plus_amortized_precompute": (
             None if t_precompute is None else round(med + t_precompute / steps_per_epoch, 4)
         ),
-        "first_logged": {k: metrics[0][k] for k in ("loss", "preference_loss", "regularizer", "sft_loss",
-                                                    "rewards/margins", "weights/mean")},  # fmt: skip
+        "first_logged": {
+            k: metrics[0][k]
+            for k in ("loss", "preference_loss", "regularizer", "sft_loss", "rewards/margins", "weights/mean")
+        },
         "last_logged": {k: metrics[-1][k] for k in ("loss", "rewards/accuracy", "rewards/margins")},
         "tokenizer_train_s": round(t_tok, 2),
         "data_build_s": round(t_data, 2),
@@ -443,13 +470,21 @@ def parse_args(argv=None):
         help="the shared TRL baseline (default ../shared/bench/trl_baseline.py from the repo root)",
     )
     ap.add_argument("--trl", default="dpo,dpo_precompute", help="TRL trainers: dpo, dpo_precompute")
-    ap.add_argument("--trl-gc", default="on", help="TRL gradient checkpointing: on (TRL's default), off, or on,off")
-    ap.add_argument("--ours", default="precompute,frozen_copy", help="our reference modes: precompute, frozen_copy")
-    ap.add_argument("--ours-gc", default="off", help="our gradient checkpointing: off (our default), on, or off,on")
+    ap.add_argument(
+        "--trl-gc", default="on", help="TRL gradient checkpointing: on (TRL's default), off, or on,off"
+    )
+    ap.add_argument(
+        "--ours", default="precompute,frozen_copy", help="our reference modes: precompute, frozen_copy"
+    )
+    ap.add_argument(
+        "--ours-gc", default="off", help="our gradient checkpointing: off (our default), on, or off,on"
+    )
     ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
     ap.add_argument("--repeats", type=int, default=1, help="the whole set this many times, interleaved")
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default 20)")
-    ap.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from timing (default 2, >= 1)")
+    ap.add_argument(
+        "--warmup", type=int, default=2, help="optimizer steps excluded from timing (default 2, >= 1)"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides (default 2)")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
     ap.add_argument("--max-length", type=int, default=384)
@@ -461,10 +496,18 @@ def parse_args(argv=None):
     ap.add_argument("--quiet-window", type=float, default=10.0)
     ap.add_argument("--busy-limit", type=float, default=0.25)
     ap.add_argument("--retries", type=int, default=2)
-    ap.add_argument("--profile", default=None, metavar="DIR", help="one extra profiled run of ours (precompute)")
+    ap.add_argument(
+        "--profile", default=None, metavar="DIR", help="one extra profiled run of ours (precompute)"
+    )
     ap.add_argument("--logs", default=None, metavar="DIR")
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--report", default=None)
+    ap.add_argument(
+        "--render-from",
+        default=None,
+        metavar="JSONL",
+        help="only re-render the report of the last recorded run in JSONL (its command's settings)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
     ap.add_argument("--child-ref", default="precompute", help=argparse.SUPPRESS)
@@ -482,25 +525,33 @@ def run_label(r: dict) -> str:
 
 
 def aggregate(runs: list[dict]) -> dict[str, dict]:
+    """Median over repeats of each configuration; runs that stayed busy after their retries are left out when the
+    configuration has a quiet one."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["config"], []).append(r)
     out = {}
-    for key, rs in by.items():
+    for key, all_runs in by.items():
+        rs = [r for r in all_runs if not r.get("busy")] or all_runs
         pre = [r.get("precompute_ref_s") for r in rs if r.get("precompute_ref_s") is not None]
         out[key] = {
             "config": key,
             "label": run_label(rs[0]),
             "repeats": len(rs),
+            "busy_repeats_left_out": len(all_runs) - len(rs),
             "sec_per_step_median": statistics.median(r["sec_per_step_median"] for r in rs),
             "sec_per_pair": statistics.median(r["sec_per_step_median"] for r in rs) / rs[0]["batch_size"],
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
             "tokens_per_step_mean": statistics.median(r["tokens_per_step_mean"] for r in rs),
             "precompute_ref_s": statistics.median(pre) if pre else None,
-            "steps_per_epoch": rs[0].get("steps_per_epoch") or -(-rs[0]["data"]["pairs"] // rs[0]["batch_size"]),
+            "steps_per_epoch": rs[0].get("steps_per_epoch")
+            or -(-rs[0]["data"]["pairs"] // rs[0]["batch_size"]),
             "pairs": rs[0]["data"]["pairs"],
             "other_procs_cpu_util_timed": max(r["other_procs_cpu_util_timed"] for r in rs),
         }
+        quiet = [r["sec_per_step_median_quiet"] for r in rs if r["quiet_steps"] >= MIN_QUIET_STEPS]
+        out[key]["sec_per_step_median_quiet"] = statistics.median(quiet) if quiet else None
+        out[key]["quiet_repeats"] = len(quiet)
     return out
 
 
@@ -540,6 +591,11 @@ def ratios(agg: dict[str, dict], args) -> list[dict[str, Any]]:
             "label": label,
             "time_per_pair": x["sec_per_pair"] / y["sec_per_pair"],
             "time_per_token": y["tokens_per_s"] / x["tokens_per_s"],
+            "time_per_pair_quiet_steps": (
+                x["sec_per_step_median_quiet"] / y["sec_per_step_median_quiet"]
+                if x["sec_per_step_median_quiet"] and y["sec_per_step_median_quiet"]
+                else None
+            ),
         }
         if x["precompute_ref_s"] is not None and y["precompute_ref_s"] is not None:
             xa = x["sec_per_step_median"] + x["precompute_ref_s"] / x["steps_per_epoch"]
@@ -571,8 +627,9 @@ def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
         f"+ N(0, {DISTANCE_NOISE_SD}).",
         "",
         "| run | repeat | s/step (median) | s/step (mean) | s/pair | real tokens/s | tokens/step | pad frac "
-        "| reference precompute s (per pair) | peak RSS MiB | other procs (cores) | quiet steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| reference precompute s (per pair) | peak RSS MiB | other procs (cores) | quiet steps "
+        "| s/step (median of quiet steps) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         pre = r.get("precompute_ref_s")
@@ -582,21 +639,35 @@ def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
             f"| {r['sec_per_step_median'] / r['batch_size']:.4f} | {fmt(r['tokens_per_s'], 1)} "
             f"| {fmt(r['tokens_per_step_mean'], 1)} | {fmt(r['pad_fraction'])} | {pre_txt} "
             f"| {fmt(r['peak_rss_mib'], 0)} | {fmt(r['other_procs_cpu_util_timed'], 2)} "
-            f"| {r['quiet_steps']}/{r['timed_steps']} |"
+            f"| {r['quiet_steps']}/{r['timed_steps']} | {fmt(r.get('sec_per_step_median_quiet'))} |"
         )
+    left_out = [
+        f"{a['label']} ({a['busy_repeats_left_out']})" for a in agg.values() if a["busy_repeats_left_out"]
+    ]
     lines += [
         "",
-        "Ratios ours / TRL of the time (median over repeats; below 1 = ours faster; goal ≤ 0.80 per pair):",
+        "Ratios ours / TRL of the time (median over repeats; below 1 = ours faster; goal ≤ 0.80 per pair; "
+        + (
+            "repeats still busy after their retries are left out when a quiet repeat exists: "
+            + ", ".join(left_out)
+            + "). "
+            if left_out
+            else "no repeat left out). "
+        )
+        + f"'quiet steps': the same ratio from each run's median over its quiet steps (other processes ≤ "
+        f"{args.quiet_threshold} cores; runs with at least {MIN_QUIET_STEPS} such steps):",
         "",
         "| | comparison | time per pair | time per real token | per pair, reference precompute amortized "
-        "over one epoch |",
-        "|---|---|---|---|---|",
+        "over one epoch | time per pair, quiet steps |",
+        "|---|---|---|---|---|---|",
     ]
     for x in rats:
         amort = x.get("time_per_pair_with_amortized_precompute")
+        quiet = x.get("time_per_pair_quiet_steps")
         lines.append(
             f"| ({x['tag']}) | {x['label']} | **{x['time_per_pair']:.2f}×** | {x['time_per_token']:.2f}× "
-            f"| {fmt(amort, 2) + '×' if amort is not None else '–'} |"
+            f"| {fmt(amort, 2) + '×' if amort is not None else '–'} "
+            f"| {fmt(quiet, 2) + '×' if quiet is not None else '–'} |"
         )
     ours = [r for r in runs if r["side"] == "ours"]
     if ours:
@@ -651,13 +722,42 @@ def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
             + ".",
         ]
     if any(r.get("busy") for r in runs):
-        lines += ["", "**Warning: some kept runs were still busy after all retries; their figures are not clean.**"]
+        lines += [
+            "",
+            "**Warning: some kept runs were still busy after all retries; their figures are not clean.**",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def render_from(path: Path, report_path: str | None) -> int:
+    """The report of the last run recorded in a JSONL file (runs, discarded runs, then its summary line)."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    ends = [i for i, x in enumerate(lines) if x.get("summary")]
+    if not ends:
+        raise SystemExit(f"error: no summary line in {path}")
+    summary = lines[ends[-1]]
+    block = [x for x in lines if not x.get("summary") and x.get("run_date") == summary["date"]]
+    if not block:  # lines written before runs carried their run's date: the lines since the previous summary
+        block = lines[ends[-2] + 1 if len(ends) > 1 else 0 : ends[-1]]
+    argv = shlex.split(summary["command"])[1:]
+    args = parse_args(argv)
+    runs = [x for x in block if not x.get("discarded")]
+    discarded = [x for x in block if x.get("discarded")]
+    agg = aggregate(runs)
+    report = render_report(
+        args, argv, runs, summary["machine"], summary["load"], agg, ratios(agg, args), discarded
+    )
+    print(report)
+    if report_path:
+        Path(report_path).write_text(report)
+    return 0
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render_from:
+        return render_from(Path(args.render_from), args.report)
     if args.child == "ours":
         for k, v in sftt.OFFLINE_ENV.items():
             os.environ.setdefault(k, v)
@@ -705,7 +805,9 @@ def main(argv=None) -> int:
             for attempt in range(args.retries + 1):
                 waited = None
                 if args.wait_quiet > 0:
-                    waited, used = sftt.wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
+                    waited, used = sftt.wait_for_quiet(
+                        args.quiet_threshold, args.wait_quiet, args.quiet_window
+                    )
                     sys.stderr.write(
                         f"[hdpo_throughput] waited {waited:.0f}s (machine {used:.2f} cores) before {config}\n"
                     )
@@ -725,6 +827,7 @@ def main(argv=None) -> int:
                     sys.stderr.write(f"[hdpo_throughput] {config} failed; log: {log_path}\n")
                     return 1
                 result.update(
+                    run_date=load["date"],
                     config=config,
                     repeat=repeat,
                     attempt=attempt,
@@ -741,8 +844,14 @@ def main(argv=None) -> int:
                 if not busy or attempt == args.retries:
                     result["busy"] = busy
                     runs.append(result)
+                else:
+                    result = {**result, "busy": True, "discarded": True}
+                    discarded.append(result)
+                if args.jsonl:  # each run as soon as it ends (an interrupted benchmark keeps its runs)
+                    with open(args.jsonl, "a") as f:
+                        f.write(json.dumps(result, ensure_ascii=False) + "\n")
+                if not result.get("discarded"):
                     break
-                discarded.append({**result, "busy": True, "discarded": True})
     profile_run = None
     if args.profile:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--child-gc", "off",
@@ -761,7 +870,9 @@ def main(argv=None) -> int:
         "load": load,
         "aggregate": agg,
         "ratios_ours_over_trl_time": rats,
-        "discarded_busy_runs": [(d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded],
+        "discarded_busy_runs": [
+            (d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded
+        ],
         "profile_files": profile_run.get("profile_files") if profile_run else None,
         "command": shlex.join(["bench/hdpo_throughput.py", *argv]),
     }
@@ -772,8 +883,6 @@ def main(argv=None) -> int:
     print(json.dumps(summary, ensure_ascii=False))
     if args.jsonl:
         with open(args.jsonl, "a") as f:
-            for r in runs + discarded:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.write(json.dumps(summary, ensure_ascii=False) + "\n")
     if args.report:
         Path(args.report).write_text(report)
