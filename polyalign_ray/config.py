@@ -195,6 +195,45 @@ class ModelConfig:
         return out
 
 
+def training_problems(
+    train: Any, path: str, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()
+) -> list[str]:
+    """Checks shared by the sections that drive a DeepSpeed TorchTrainer (``sft``, ``hdpo``): workers, ZeRO stage,
+    batch geometry, schedule, clipping; ``positive`` / ``non_negative`` name the section's own integer keys."""
+    out = []
+    if train.num_workers < 1:
+        out.append(f"{path}.num_workers must be >= 1, got {train.num_workers}")
+    if train.zero_stage not in (0, 1, 2, 3):
+        out.append(f"{path}.zero_stage must be 0, 1, 2 or 3, got {train.zero_stage}")
+    for key in ("micro_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints", *positive):
+        if getattr(train, key) < 1:
+            out.append(f"{path}.{key} must be >= 1, got {getattr(train, key)}")
+    shared = (
+        "max_steps",
+        "checkpoint_every",
+        "warmup_steps",
+        "max_failures",
+        "fail_at_step",
+        "torch_threads",
+    )
+    for key in (*shared, *non_negative):
+        if getattr(train, key) < 0:
+            out.append(f"{path}.{key} must be >= 0, got {getattr(train, key)}")
+    if train.epochs <= 0:
+        out.append(f"{path}.epochs must be > 0, got {train.epochs}")
+    if train.lr <= 0:
+        out.append(f"{path}.lr must be > 0, got {train.lr}")
+    if not 0 <= train.min_lr_ratio <= 1:
+        out.append(f"{path}.min_lr_ratio must be in [0, 1], got {train.min_lr_ratio}")
+    if train.max_grad_norm < 0:
+        out.append(f"{path}.max_grad_norm must be >= 0 (0: no clipping), got {train.max_grad_norm}")
+    if train.cpus_per_worker < 0:
+        out.append(f"{path}.cpus_per_worker must be >= 0, got {train.cpus_per_worker}")
+    if train.deepspeed_config and not Path(train.deepspeed_config).is_file():
+        out.append(f"{path}.deepspeed_config {train.deepspeed_config!r} is not a file")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
     """``polyalign sft``: Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers."""
@@ -237,37 +276,7 @@ class SFTConfig:
     """Testing hook: rank 1 exits abruptly once at this step (0: never)."""
 
     def problems(self, path: str) -> list[str]:
-        out = []
-        if self.num_workers < 1:
-            out.append(f"{path}.num_workers must be >= 1, got {self.num_workers}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            out.append(f"{path}.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        for key in ("micro_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
-            if getattr(self, key) < 1:
-                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
-        for key in (
-            "max_steps",
-            "checkpoint_every",
-            "warmup_steps",
-            "max_failures",
-            "fail_at_step",
-            "torch_threads",
-        ):
-            if getattr(self, key) < 0:
-                out.append(f"{path}.{key} must be >= 0, got {getattr(self, key)}")
-        if self.epochs <= 0:
-            out.append(f"{path}.epochs must be > 0, got {self.epochs}")
-        if self.lr <= 0:
-            out.append(f"{path}.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            out.append(f"{path}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.max_grad_norm < 0:
-            out.append(f"{path}.max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
-        if self.cpus_per_worker < 0:
-            out.append(f"{path}.cpus_per_worker must be >= 0, got {self.cpus_per_worker}")
-        if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
-            out.append(f"{path}.deepspeed_config {self.deepspeed_config!r} is not a file")
-        return out
+        return training_problems(self, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,49 +453,23 @@ class HDPOConfig:
     """Testing hook: the last rank exits abruptly once at this step (0: never)."""
 
     def problems(self, path: str) -> list[str]:
-        out = []
-        if self.num_workers < 1:
-            out.append(f"{path}.num_workers must be >= 1, got {self.num_workers}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            out.append(f"{path}.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        positive = (
-            "micro_batch_size",
-            "grad_accum_steps",
-            "log_every",
-            "keep_checkpoints",
-            "rollouts_per_prompt",
-            "rollout_depth",
-            "sync_every",
+        out = training_problems(
+            self,
+            path,
+            positive=("rollouts_per_prompt", "rollout_depth", "sync_every"),
+            non_negative=(
+                "max_prompts",
+                "rollout_prompts",
+                "max_staleness",
+                "reg_lambda",
+                "sft_coef",
+                "weight_rarity",
+                "weight_gap",
+                "pair_margin",
+            ),
         )
-        for key in positive:
-            if getattr(self, key) < 1:
-                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
-        non_negative = (
-            "max_steps",
-            "max_prompts",
-            "checkpoint_every",
-            "warmup_steps",
-            "max_failures",
-            "fail_at_step",
-            "torch_threads",
-            "rollout_prompts",
-            "max_staleness",
-            "reg_lambda",
-            "sft_coef",
-            "weight_rarity",
-            "weight_gap",
-            "pair_margin",
-            "cpus_per_worker",
-        )
-        for key in non_negative:
-            if getattr(self, key) < 0:
-                out.append(f"{path}.{key} must be >= 0, got {getattr(self, key)}")
         if self.beta <= 0:
             out.append(f"{path}.beta must be > 0, got {self.beta}; METHOD.md uses 0.1")
-        if self.lr <= 0:
-            out.append(f"{path}.lr must be > 0, got {self.lr}")
-        if self.epochs <= 0:
-            out.append(f"{path}.epochs must be > 0, got {self.epochs}")
         if not 0 <= self.label_smoothing < 0.5:
             out.append(f"{path}.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 < self.weight_min <= self.weight_max:
@@ -494,12 +477,6 @@ class HDPOConfig:
                 f"{path}.weight_min and {path}.weight_max need 0 < weight_min <= weight_max, "
                 f"got {self.weight_min} and {self.weight_max}"
             )
-        if not 0 <= self.min_lr_ratio <= 1:
-            out.append(f"{path}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.max_grad_norm < 0:
-            out.append(f"{path}.max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
-        if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
-            out.append(f"{path}.deepspeed_config {self.deepspeed_config!r} is not a file")
         if self.generation_backend != "hf" and ":" not in self.generation_backend:
             out.append(
                 f"{path}.generation_backend must be 'hf' or 'package.module:ClassName', got "

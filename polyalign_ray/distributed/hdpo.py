@@ -12,10 +12,8 @@ included): they come from an unpartitioned copy of the starting weights.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +24,17 @@ import ray
 import ray.data
 import ray.train
 import torch
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
+from polyalign_ray.config import ModelConfig, PolyAlignConfig, config_from_dict, config_to_dict
 from polyalign_ray.corpus.prepare import write_jsonl
 from polyalign_ray.corpus.tables import load_split
 from polyalign_ray.deepspeed_config import deepspeed_config
+from polyalign_ray.distributed.train import (
+    RayTrainCheckpointer,
+    deepspeed_trainer,
+    fit_and_summarize,
+    restore_checkpoint,
+)
 from polyalign_ray.hdpo_data import (
     PAIR_SCHEMA,
     TokenizedPair,
@@ -227,11 +229,9 @@ def build_offline_pairs(
     return dataset, counts
 
 
-@functools.lru_cache(maxsize=1)
-def _frozen_reference(path: str, model: str) -> torch.nn.Module:
-    from polyalign_ray.config import ModelConfig
-
-    reference = load_causal_lm(path, config_from_dict(json.loads(model), ModelConfig)).eval()
+def frozen_reference(path: str, model: ModelConfig) -> torch.nn.Module:
+    """The starting policy, frozen and in eval mode (``hdpo.reference=frozen_copy``)."""
+    reference = load_causal_lm(path, model).eval()
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
     return reference
@@ -240,7 +240,6 @@ def _frozen_reference(path: str, model: str) -> torch.nn.Module:
 def hdpo_worker_loop(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs."""
     from polyalign_ray.distributed.deepspeed import DeepSpeedStrategy
-    from polyalign_ray.distributed.train import RayTrainCheckpointer, restore_checkpoint
 
     config = config_from_dict(loop_config["config"])
     hdpo, model_cfg = config.hdpo, config.model
@@ -278,7 +277,7 @@ def hdpo_worker_loop(loop_config: dict[str, Any]) -> None:
             pairs, pairs_per_rank=pairs_per_rank, world_size=world, rank=rank, seed=hdpo.seed, num_steps=total
         )
         if hdpo.reference == "frozen_copy":
-            reference = _frozen_reference(policy, json.dumps(config_to_dict(model_cfg))).to(strategy.device)
+            reference = frozen_reference(policy, model_cfg).to(strategy.device)
     else:
         from polyalign_ray.distributed.rollouts import OnlinePairSource
 
@@ -336,34 +335,17 @@ def run_hdpo_with_ray(
         hdpo.zero_stage,
         hdpo.micro_batch_size * hdpo.grad_accum_steps * hdpo.num_workers,
     )
-    trainer = TorchTrainer(
+    trainer = deepspeed_trainer(
         hdpo_worker_loop,
-        train_loop_config={
+        {
             "config": config_to_dict(config),
             "policy": policy,
             "critic_dir": critic_dir,
             "resume_from": resume_from,
         },
-        scaling_config=ScalingConfig(
-            num_workers=hdpo.num_workers,
-            use_gpu=hdpo.use_gpu,
-            resources_per_worker={"CPU": hdpo.cpus_per_worker} if not hdpo.use_gpu else None,
-        ),
-        run_config=RunConfig(
-            name="hdpo",
-            storage_path=str(output_dir / "ray_results"),
-            failure_config=FailureConfig(max_failures=hdpo.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=hdpo.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(hdpo.torch_threads or os.cpu_count())}},
-        ),
+        hdpo,
+        name="hdpo",
+        output_dir=output_dir,
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
-    summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
-    summary["pair_counts"] = counts
-    summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
-    (output_dir / "summary.json").write_text(
-        json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
-    )
-    return summary
+    return fit_and_summarize(trainer, output_dir, pair_counts=counts)

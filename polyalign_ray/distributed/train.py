@@ -32,7 +32,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
+from polyalign_ray.config import HDPOConfig, PolyAlignConfig, SFTConfig, config_from_dict, config_to_dict
 from polyalign_ray.corpus.tables import RECORD_SCHEMA, split_dir
 from polyalign_ray.deepspeed_config import deepspeed_config
 from polyalign_ray.loops.checkpoints import STATE_FILE
@@ -165,30 +165,54 @@ def run_sft_with_ray(config: PolyAlignConfig, model_path: str, *, resume_from: s
         sft.num_workers,
         sft.zero_stage,
     )
-    trainer = TorchTrainer(
+    trainer = deepspeed_trainer(
         sft_worker_loop,
-        train_loop_config={
-            "config": config_to_dict(config),
-            "model_path": model_path,
-            "resume_from": resume_from,
-        },
+        {"config": config_to_dict(config), "model_path": model_path, "resume_from": resume_from},
+        sft,
+        name="sft",
+        output_dir=output_dir,
+        datasets={"train": dataset},
+    )
+    return fit_and_summarize(trainer, output_dir)
+
+
+def deepspeed_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    train: SFTConfig | HDPOConfig,
+    *,
+    name: str,
+    output_dir: Path,
+    datasets: dict[str, ray.data.Dataset],
+) -> TorchTrainer:
+    """The TorchTrainer both training stages use: ``train.num_workers`` DeepSpeed workers, checkpoints and restarts
+    under ``output_dir/ray_results``, every dataset given whole to every worker (each rank samples its slice)."""
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=sft.num_workers,
-            use_gpu=sft.use_gpu,
-            resources_per_worker={"CPU": sft.cpus_per_worker} if not sft.use_gpu else None,
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker} if not train.use_gpu else None,
         ),
         run_config=RunConfig(
-            name="sft",
+            name=name,
             storage_path=str(output_dir / "ray_results"),
-            failure_config=FailureConfig(max_failures=sft.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=sft.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(sft.torch_threads or os.cpu_count())}},
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(train.torch_threads or os.cpu_count())}},
         ),
-        datasets={"train": dataset},
+        datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),
     )
+
+
+def fit_and_summarize(trainer: TorchTrainer, output_dir: Path, **extra: Any) -> dict[str, Any]:
+    """Run the trainer; return rank 0's ``summary.json`` with ``extra`` and the last Ray checkpoint added (also
+    written back)."""
     result = trainer.fit()
     summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
+    summary.update(extra)
     summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
     (output_dir / "summary.json").write_text(
         json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
