@@ -16,6 +16,7 @@ from pathlib import Path
 
 from polyalign_ray.config import ConfigError, PolyAlignConfig, load_config
 from polyalign_ray.corpus.readers import InputError
+from polyalign_ray.corpus.recipes import RECIPES
 
 log = logging.getLogger("polyalign")
 
@@ -30,9 +31,12 @@ OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATA
 
 
 def apply_environment_defaults(config: PolyAlignConfig) -> None:
-    """Quiet defaults always; offline defaults unless the model is named by a hub id."""
+    """Quiet defaults always; offline defaults unless the model is named by a hub id or a source recipe's dataset
+    is to be loaded from the hub (``data.source`` without ``data.inputs``)."""
     names = [config.model.name_or_path, config.critic.policy, config.critic.encoder_model, config.hdpo.policy]
-    hub_names = [n for n in names if n and not os.path.exists(n)]
+    hub_names = [n for n in names if n and not n.startswith("package:") and not os.path.exists(n)]
+    if config.data.source and not config.data.inputs:
+        hub_names.append(config.data.source)
     for key, value in {**QUIET_DEFAULTS, **({} if hub_names else OFFLINE_DEFAULTS)}.items():
         os.environ.setdefault(key, value)
 
@@ -52,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="corpus files -> bucketed, deduplicated, split records")
     prepare.add_argument("--input", action="append", default=[], help="file or folder (repeatable)")
     prepare.add_argument("--output", help="data directory (data.output_dir)")
+    prepare.add_argument(
+        "--source",
+        metavar="NAME",
+        help="a paper-corpus recipe (data.source): the inputs are that dataset's rows, or without --input it is "
+        f"loaded from the Hugging Face Hub; one of {', '.join(RECIPES)}",
+    )
     prepare.add_argument(
         "--engine", choices=["ray", "local"], default="ray", help="Ray Data (default) or one local process"
     )
@@ -111,9 +121,63 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--output", help="run directory (default runs/demo)")
     _add_common(pipeline)
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="Ray Tune trials over sweep.space (dotted keys); table, best.yaml and plot of the objective",
+    )
+    sweep.add_argument("--output", help="sweep directory (sweep.output_dir)")
+    _add_common(sweep)
+
+    submit = sub.add_parser(
+        "submit", help="run a job spec (jobs/*.yaml) on a Ray cluster through its job server"
+    )
+    submit.add_argument(
+        "spec", metavar="SPEC", help="job spec, e.g. jobs/hdpo.yaml (its first lines say what runs)"
+    )
+    _add_job_address(submit)
+    submit.add_argument(
+        "--working-dir", help="folder shipped to the cluster (default: the checkout that holds SPEC)"
+    )
+    submit.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable from your environment to the job (repeatable), e.g. --env HF_TOKEN",
+    )
+    submit.add_argument(
+        "--pip", action="append", default=[], metavar="REQUIREMENT", help="extra pip package for the job"
+    )
+    submit.add_argument("--submission-id", default="", help="job id (default: polyalign-SPEC-TIME-XXXX)")
+    submit.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+    submit.add_argument(
+        "--dry-run", action="store_true", help="print the equivalent `ray job submit` line, submit nothing"
+    )
+
+    job = sub.add_parser("job", help="logs, status or stop of jobs submitted to a Ray cluster")
+    job_sub = job.add_subparsers(dest="job_command", required=True)
+    logs = job_sub.add_parser("logs", help="a job's output so far (--follow: until it ends)")
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.add_argument("--follow", action="store_true", help="stream new output until the job ends")
+    _add_job_address(logs)
+    stop = job_sub.add_parser("stop", help="stop a running job and wait until it has stopped")
+    stop.add_argument("job_id", metavar="JOB_ID")
+    _add_job_address(stop)
+    status = job_sub.add_parser("status", help="one job's status, or every job of the cluster")
+    status.add_argument("job_id", metavar="JOB_ID", nargs="?", default="")
+    _add_job_address(status)
+
     show = sub.add_parser("config", help="print the effective configuration as YAML")
     _add_common(show)
     return parser
+
+
+def _add_job_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default="",
+        help="Ray job server, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS, then the spec's ray.address)",
+    )
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> PolyAlignConfig:
@@ -136,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extra.append(f"data.inputs={json.dumps(args.input)}")
             if args.output:
                 extra.append(f"data.output_dir={args.output}")
+            if args.source:
+                extra.append(f"data.source={args.source}")
             config = _config(args, extra)
             return _run_prepare(config, args.engine)
         if args.command == "references":
@@ -169,6 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = [f"{s}.output_dir={os.path.join(args.output, s)}" for s in stages] if args.output else []
             config = _config(args, extra)
             return _run_pipeline(config)
+        if args.command == "sweep":
+            config = _config(args, [f"sweep.output_dir={args.output}"] if args.output else [])
+            return _run_sweep(config)
+        if args.command == "submit":
+            return _run_submit(args)
+        if args.command == "job":
+            return _run_job(args)
         if args.command == "config":
             import yaml
 
@@ -297,6 +370,103 @@ def _run_pipeline(config: PolyAlignConfig) -> int:
         results = run_pipeline(config)
     print(pipeline_summary(config, results))
     return 0
+
+
+def _run_sweep(config: PolyAlignConfig) -> int:
+    from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.distributed.tune import run_sweep
+
+    with ray_runtime(config.ray):
+        summary = run_sweep(config)
+    print(sweep_summary(summary))
+    return 0 if "best" in summary else 1
+
+
+def sweep_summary(summary: dict) -> str:
+    """The end of ``polyalign sweep``: the trials table, the best values and where everything is."""
+    table = Path(summary["table"]).read_text(encoding="utf-8")
+    lines = [
+        "",
+        f"Sweep finished in {summary['wall_s']:.0f} s ({summary['metric']}, {summary['mode']}):",
+        "",
+        table,
+    ]
+    if "best" in summary:
+        best = summary["best"]
+        lines.append(f"Best: {best['params']} -> {summary['metric']} = {_num(best[summary['metric']])}")
+        lines.append(
+            f"Its config: {summary['best_config']}  (polyalign pipeline --config {summary['best_config']})"
+        )
+    else:
+        lines.append("No trial produced the objective; see the table's error column.")
+    lines.append(f"Table: {summary['csv']}; plot: {summary['plot']}")
+    return "\n".join(lines)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    """Check the spec here, then hand it to the cluster's job server (or only print the equivalent command)."""
+    import secrets
+    from datetime import datetime
+
+    from polyalign_ray.job_spec import job_request, ray_job_submit_line
+
+    request = job_request(
+        Path(args.spec),
+        address_flag=args.address,
+        working_dir=Path(args.working_dir) if args.working_dir else None,
+        env_names=args.env,
+        pip=args.pip,
+        environ=os.environ,
+        now=datetime.now(),
+        suffix=secrets.token_hex(2),
+        submission_id=args.submission_id,
+    )
+    if args.dry_run:
+        print(ray_job_submit_line(request))
+        return 0
+    from polyalign_ray.distributed import jobs
+
+    try:
+        client = jobs.connect(request.address)
+        job_id = jobs.submit(client, request)
+        print(f"submitted {request.spec} as {job_id} to {request.address}")
+        if not args.follow:
+            address = f" --address {request.address}" if args.address else ""
+            print(f"  follow: polyalign job logs {job_id} --follow{address}")
+            print(f"  stop:   polyalign job stop {job_id}{address}")
+            return 0
+        status = jobs.follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
+    except (jobs.JobServerError, TimeoutError) as exc:
+        print(f"polyalign: {exc}", file=sys.stderr)
+        return 1
+    print(f"job {job_id}: {status.value}")
+    return 0 if status.value == "SUCCEEDED" else 1
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    """``polyalign job logs|stop|status``: the jobs of the cluster at --address (else RAY_ADDRESS)."""
+    from polyalign_ray.distributed import jobs
+
+    try:
+        client = jobs.connect(args.address or None)
+        if args.job_command == "logs":
+            if not args.follow:
+                print(jobs.logs_of(client, args.job_id), end="")
+                return 0
+            status = jobs.follow_logs(client, args.job_id, lambda chunk: print(chunk, end="", flush=True))
+            print(f"job {args.job_id}: {status.value}")
+            return 0 if status.value == "SUCCEEDED" else 1
+        if args.job_command == "stop":
+            print(f"job {args.job_id}: {jobs.stop(client, args.job_id).value}")
+            return 0
+        if args.job_id:
+            print(f"job {args.job_id}: {jobs.status_of(client, args.job_id).value}")
+        else:
+            print(jobs.jobs_table(jobs.list_jobs(client)))
+        return 0
+    except (jobs.JobServerError, TimeoutError) as exc:
+        print(f"polyalign: {exc}", file=sys.stderr)
+        return 1
 
 
 def _summary_file(folder: str) -> dict:

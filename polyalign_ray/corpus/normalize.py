@@ -1,7 +1,9 @@
 """Raw rows -> records or quarantine entries: parse, adapt, clean text, resolve language/track/family, bucket.
 
 :func:`normalize_raw_row` is the whole per-row step; it never raises for bad input: every failure becomes a
-quarantine entry with a reason code (see ``QUARANTINE_REASONS``) and where the row came from.
+quarantine entry with a reason code (see ``QUARANTINE_REASONS``) and where the row came from. With a source
+recipe (``NormalizeSettings.recipe``, from ``data.source``) each row is first mapped from its dataset's native
+layout to ``plain`` rows (:mod:`polyalign_ray.corpus.recipes`); the rest of the step is the same.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any
 import regex
 
 from polyalign_ray.corpus.adapters import Example, Rejected, examples_from_row
+from polyalign_ray.corpus.recipes.catalog import recipe_named
+from polyalign_ray.corpus.recipes.recipe import recipe_plain_rows
 from polyalign_ray.schema import (
     FAMILIES,
+    TRACKS,
     Record,
     bucket_id,
     content_key,
@@ -49,6 +54,14 @@ QUARANTINE_REASONS: dict[str, str] = {
     "unsupported_language": "a language this project does not model (en, zh)",
     "undetected_language": "no letters to tell the language from, and none declared",
     "invalid_family": "a declared family outside qa/dialogue/assistant",
+    "invalid_track": "a declared track outside single/multi",
+    "missing_field": "a field the source recipe needs is absent from the dataset's row (wrong --source?)",
+    "unanswerable": "a reading-comprehension question without an answer (SQuAD v2 unanswerable, DuReader rows "
+    "without answers, MS MARCO 'No Answer Present.', CoQA 'unknown')",
+    "non_human_answer": "an answer a model wrote and no human verified (COIG-CQIA, synthetic OASST2 messages)",
+    "deleted_message": "an OASST2 message marked deleted",
+    "unreviewed_message": "an OASST2 message without a passing review",
+    "outside_subset": "an OASST2 tree outside the Chinese subset",
     "oversized_response": "the response is longer than data.max_response_tokens",
     "duplicate_id": "another record with different content already has this id",
 }
@@ -66,6 +79,8 @@ class NormalizeSettings:
     expand_turns: bool = False
     max_response_tokens: int = 8192
     default_source: str = ""
+    recipe: str = ""
+    """A source recipe name (``data.source``): every row is in that dataset's native layout."""
 
     @classmethod
     def from_data_config(cls, data: Any) -> NormalizeSettings:
@@ -76,6 +91,7 @@ class NormalizeSettings:
             expand_turns=data.expand_turns,
             max_response_tokens=data.max_response_tokens,
             default_source=data.default_source,
+            recipe=data.source,
         )
 
 
@@ -158,7 +174,10 @@ def build_record(
             "oversized_response",
             f"{num_tokens} length tokens > data.max_response_tokens={settings.max_response_tokens}",
         )
-    track = track_of(example.history)
+    declared_track = _meta_string(row, "track").strip().lower()
+    if declared_track and declared_track not in TRACKS:
+        raise Rejected("invalid_track", f"track {declared_track!r} is not one of {list(TRACKS)}")
+    track = declared_track or track_of(example.history)
     declared_family = _meta_string(row, "family").strip().lower()
     if declared_family:
         if declared_family not in FAMILIES:
@@ -197,6 +216,8 @@ def build_record(
         variety=variety,
         style=_meta_string(row, "style"),
         license=_meta_string(row, "license"),
+        source_split=_meta_string(row, "source_split"),
+        source_id=_meta_string(row, "source_id"),
         language_rule=language_rule,
         family_rule=family_rule,
         machine_translated=bool(row.get("machine_translated", False)),
@@ -215,6 +236,26 @@ class NormalizedRow:
     """Reason codes of expanded turns that were rejected while other turns of the same row were kept."""
 
 
+def row_examples(
+    row: Mapping[str, Any], raw_row: Mapping[str, Any], settings: NormalizeSettings
+) -> tuple[list[tuple[Mapping[str, Any], Example]], list[str]]:
+    """((row-level fields, example) pairs, reason codes of parts already skipped) of one parsed row.
+
+    Without a recipe the row is in one of our input formats and carries its own row-level fields. With one, it is
+    a native row of the recipe's dataset: each plain row the recipe makes carries the fields of its example
+    (never expanded again: the recipe already chose which turns are answers)."""
+    if not settings.recipe:
+        _, examples = examples_from_row(row, expand_turns=settings.expand_turns)
+        return [(row, example) for example in examples], []
+    plain_rows, skipped = recipe_plain_rows(
+        recipe_named(settings.recipe),
+        row,
+        origin_file=str(raw_row.get("origin_file", "")),
+        origin_line=int(raw_row.get("origin_line", 0) or 0),
+    )
+    return [(plain, examples_from_row(plain)[1][0]) for plain in plain_rows], skipped
+
+
 def normalize_raw_row(raw_row: Mapping[str, Any], settings: NormalizeSettings) -> NormalizedRow:
     """Parse, adapt and bucket one raw row. Never raises on bad input."""
     if raw_row.get("read_error"):
@@ -230,17 +271,18 @@ def normalize_raw_row(raw_row: Mapping[str, Any], settings: NormalizeSettings) -
             quarantine_entry(raw_row, "not_an_object", f"expected a JSON object, got {type(row).__name__}"),
         )
     try:
-        _, examples = examples_from_row(row, expand_turns=settings.expand_turns)
-        records, skipped = [], []
-        for example in examples:
+        pairs, skipped = row_examples(row, raw_row, settings)
+        records = []
+        for fields, example in pairs:
             try:
-                records.append(build_record(row, _clean_example(example), raw_row, settings))
+                records.append(build_record(fields, _clean_example(example), raw_row, settings))
             except Rejected as rejected:
-                if len(examples) == 1:
+                if len(pairs) == 1:
                     raise
                 skipped.append(rejected.reason)
         if not records:  # every turn of an expanded conversation was rejected: report the last turn's reason
-            build_record(row, _clean_example(examples[-1]), raw_row, settings)
+            fields, example = pairs[-1]
+            build_record(fields, _clean_example(example), raw_row, settings)
     except Rejected as rejected:
         return NormalizedRow([], quarantine_entry(raw_row, rejected.reason, rejected.detail))
     return NormalizedRow(records, None, skipped)

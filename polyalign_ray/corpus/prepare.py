@@ -83,6 +83,7 @@ def build_manifest(
             "split_strata": "source|language",
             "expand_turns": settings.expand_turns,
             "max_response_tokens": settings.max_response_tokens,
+            "recipe": settings.recipe,
         },
         "outputs": {
             **{split: f"{split}/" for split in SPLITS},

@@ -59,9 +59,21 @@ def load_split(data_dir: str | Path, split: str) -> pa.Table:
     if not parts:
         return RECORD_SCHEMA.empty_table()
     table = pa.concat_tables(
-        [pq.read_table(p).select(list(RECORD_COLUMNS)).cast(RECORD_SCHEMA) for p in parts]
+        [
+            with_record_columns(pq.read_table(p)).select(list(RECORD_COLUMNS)).cast(RECORD_SCHEMA)
+            for p in parts
+        ]
     )
     return table.sort_by("id")
+
+
+def with_record_columns(table: pa.Table) -> pa.Table:
+    """``table`` with every record column: string columns added to the record since a data directory was written
+    (``source_split``, ``source_id``) are filled with empty strings, so older data directories still load."""
+    for name in RECORD_COLUMNS:
+        if name not in table.column_names and _arrow_type(name) == pa.string():
+            table = table.append_column(name, pa.array([""] * table.num_rows, type=pa.string()))
+    return table
 
 
 def write_split(table: pa.Table, data_dir: str | Path, split: str) -> Path:

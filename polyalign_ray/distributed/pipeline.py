@@ -172,9 +172,33 @@ def stage_is_done(stage: Stage, config: PolyAlignConfig) -> bool:
     )
 
 
-def run_pipeline(config: PolyAlignConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage not already done; returns {stage: result} of the stages run now, plus ``timings``."""
+def mark_stage_done(stage: Stage, config: PolyAlignConfig, seconds: float) -> None:
+    """Write the stage's marker: later runs with the same settings skip it."""
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    (stage.folder / MARKER).write_text(
+        json.dumps(
+            {"stage": stage.name, "fingerprint": fingerprint(config, stage.sections), "seconds": seconds}
+        ),
+        encoding="utf-8",
+    )
+
+
+def run_pipeline(
+    config: PolyAlignConfig,
+    *,
+    echo: Callable[[str], None] = print,
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Run every stage not already done (of ``only``, when given: a sweep trial runs the stages its swept keys
+    reach); returns {stage: result} of the stages run now, plus ``timings``."""
     stage_list = pipeline_stages(config)
+    if only is not None:
+        unknown = sorted(set(only) - {stage.name for stage in stage_list})
+        if unknown:
+            raise ValueError(
+                f"stages {unknown} are not part of this pipeline: {[s.name for s in stage_list]}"
+            )
+        stage_list = [stage for stage in stage_list if stage.name in only]
     results: dict[str, Any] = {}
     timings: dict[str, float | str] = {}
     start = time.perf_counter()
@@ -191,13 +215,7 @@ def run_pipeline(config: PolyAlignConfig, *, echo: Callable[[str], None] = print
             echo("\n" + results[stage.name])  # the bucket table
         seconds = time.perf_counter() - began
         timings[stage.name] = round(seconds, 1)
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        (stage.folder / MARKER).write_text(
-            json.dumps(
-                {"stage": stage.name, "fingerprint": fingerprint(config, stage.sections), "seconds": seconds}
-            ),
-            encoding="utf-8",
-        )
+        mark_stage_done(stage, config, seconds)
         echo(f"{label} finished in {seconds:.0f} s")
     results["timings"] = timings
     results["wall_s"] = time.perf_counter() - start

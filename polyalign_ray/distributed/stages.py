@@ -21,6 +21,7 @@ from polyalign_ray.corpus.builtin import builtin_corpus_rows
 from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
 from polyalign_ray.corpus.readers import discover_read_units
+from polyalign_ray.corpus.recipes.loading import source_read_units
 from polyalign_ray.corpus.tables import RECORD_SCHEMA, load_split
 from polyalign_ray.features import features_as_matrix
 from polyalign_ray.models import write_builtin_base_model
@@ -41,9 +42,18 @@ def materialize_builtin_corpus(config: PolyAlignConfig) -> Path:
 
 
 def run_prepare(config: PolyAlignConfig, *, engine: str = "ray") -> dict[str, Any]:
-    """``polyalign prepare``: inputs (or the built-in corpus) -> records, quarantine, duplicates, manifest."""
-    inputs = list(config.data.inputs) or [str(materialize_builtin_corpus(config))]
-    units = discover_read_units(inputs)
+    """``polyalign prepare``: inputs (or the built-in corpus) -> records, quarantine, duplicates, manifest.
+
+    With ``data.source`` the inputs are that recipe's dataset (loaded from the Hub when ``data.inputs`` is empty)
+    and every row goes through the recipe."""
+    if config.data.source:
+        inputs_dir = Path(config.data.output_dir) / "inputs" / config.data.source
+        units = source_read_units(
+            config.data.source, config.data.inputs, inputs_dir, max_row_chars=config.data.max_row_chars
+        )
+    else:
+        inputs = list(config.data.inputs) or [str(materialize_builtin_corpus(config))]
+        units = discover_read_units(inputs)
     settings = NormalizeSettings.from_data_config(config.data)
     log.info("prepare: %d input unit(s) -> %s (engine: %s)", len(units), config.data.output_dir, engine)
     if engine == "ray":
@@ -120,10 +130,18 @@ def corpus_texts(data_dir: Path) -> list[str]:
 
 
 def ensure_base_model(config: PolyAlignConfig) -> str:
-    """The policy's starting point: ``model.name_or_path``, or the built-in model written once to
+    """The policy's starting point: ``model.name_or_path`` (a ``package:NAME`` resolved to the package's folder;
+    a GGUF file converted once to ``DATA_DIR/base_model_<stem>``), or the built-in model written once to
     ``DATA_DIR/base_model`` (its tokenizer is trained on the train split, so it belongs with the data)."""
-    if config.model.name_or_path:
-        return config.model.name_or_path
+    from polyalign_ray.models import convert_gguf_model, model_location
+
+    model = config.model
+    if model.name_or_path:
+        location = model_location(model.name_or_path)
+        if not model.gguf_file:
+            return location
+        out = Path(config.data.output_dir) / f"base_model_{Path(model.gguf_file).stem}"
+        return str(convert_gguf_model(location, model.gguf_file, model, out))
     data_dir = Path(config.data.output_dir)
     return str(write_builtin_base_model(config.model, corpus_texts(data_dir), data_dir / "base_model"))
 

@@ -1,0 +1,266 @@
+"""``polyalign sweep``: Ray Tune trials over dotted config keys, each driving its own TorchTrainers.
+
+Plan (``sweep_plan``): the swept keys' sections decide which pipeline stages depend on them (the same sections that
+fingerprint the stages of ``polyalign pipeline``). Stages that depend on none of them (e.g. data, SFT and critic
+when only ``hdpo.*`` is swept) are the shared **prefix**: the driver runs them once, before any trial, and they are
+skipped when already done. Every trial then runs the remaining stages up to the evaluation of the swept model
+(``hdpo``), with those stages' output folders inside its own trial folder. Each training stage is a Ray Train
+TorchTrainer of DeepSpeed workers started from within the trial (the pattern Ray Train V2 recommends for Tune);
+the evaluation's Ray Data generation runs the same way. The objective is ``sweep.metric`` of the trial's
+``report.json`` (``overall`` block).
+
+Trials reserve no CPU themselves (``{"cpu": 0}`` plus a token of memory, which Tune needs to place them); what a
+trial uses is what its TorchTrainer and generation actors request, so ``max_concurrent_trials`` (0 = derived) is
+the number of trials whose largest stage fits the cluster at once.
+
+Outputs in ``sweep.output_dir``: ``trials.csv`` / ``trials.md``, ``best.yaml`` (the best trial's whole config,
+output folders under ``best/``: ``polyalign pipeline --config best.yaml`` trains and evaluates it again),
+``objective.png`` and ``sweep.json``; each trial's stages under ``trials/<trial>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
+from polyalign_ray.distributed.pipeline import pipeline_stages, run_pipeline, variant
+from polyalign_ray.sweep import (
+    Domain,
+    best_trial,
+    config_with,
+    parse_domain,
+    plot_objective,
+    swept_sections,
+    trial_label,
+    write_best_config,
+    write_trials_table,
+)
+
+log = logging.getLogger(__name__)
+
+SWEPT_MODEL = "hdpo"
+"""The model whose evaluation is a trial's objective (every trial trains it from its own settings)."""
+STAGE_SECTION = {
+    "data": "data",
+    "sft": "sft",
+    "critic": "critic",
+    "hdpo": "hdpo",
+    f"eval_{SWEPT_MODEL}": "eval",
+}
+"""Which section's ``output_dir`` holds each stage a trial may run (moved into the trial's folder)."""
+TRIAL_MEMORY_BYTES = 2**20
+"""Tune cannot place a trial that requests nothing; a token of memory (with ``cpu: 0``) lets it start."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    prefix: tuple[str, ...]
+    """Stages run once by the driver, shared by every trial."""
+    trial: tuple[str, ...]
+    """Stages every trial runs with its own values, in its own folders."""
+
+
+def sweep_plan(config: PolyAlignConfig) -> SweepPlan:
+    """Split the stages up to the evaluation of the swept model into shared prefix and per-trial stages."""
+    sections = swept_sections(config.sweep.space)
+    run = variant(config, pipeline={"baselines": False, "evaluate": True, "redo": []})
+    wanted = [s for s in pipeline_stages(run) if s.name in STAGE_SECTION]
+    trial = [s.name for s in wanted if sections & set(s.sections)]
+    prefix = [s.name for s in wanted if s.name not in trial and not s.name.startswith("eval_")]
+    return SweepPlan(prefix=tuple(prefix), trial=tuple(trial))
+
+
+def trial_config(
+    base: PolyAlignConfig, params: dict[str, Any], folder: Path, plan: SweepPlan
+) -> PolyAlignConfig:
+    """The base config with the trial's values, its stages' output folders under ``folder``, no baselines."""
+    moved = {STAGE_SECTION[name]: {"output_dir": str(folder / STAGE_SECTION[name])} for name in plan.trial}
+    return config_with(base, params, pipeline={"baselines": False, "evaluate": True, "redo": []}, **moved)
+
+
+def tune_domain(domain: Domain, search: str) -> Any:
+    """A :class:`~polyalign_ray.sweep.Domain` as a Tune search-space entry (lists are grid axes in grid search,
+    categorical choices otherwise)."""
+    if domain.kind == "grid":
+        return tune.grid_search(list(domain.values)) if search == "grid" else tune.choice(list(domain.values))
+    if domain.kind == "choice":
+        return tune.choice(list(domain.values))
+    if domain.kind == "uniform":
+        return tune.uniform(domain.low, domain.high)
+    if domain.kind == "loguniform":
+        return tune.loguniform(domain.low, domain.high)
+    return tune.randint(int(domain.low), int(domain.high))
+
+
+def trial_resources(config: PolyAlignConfig, plan: SweepPlan) -> dict[str, float]:
+    """The largest CPU and GPU request among a trial's stages (they run one after another)."""
+    cpu, gpu = 0.0, 0.0
+    for name in plan.trial:
+        if name in ("sft", "hdpo"):
+            section = getattr(config, name)
+            if section.use_gpu:
+                gpu = max(gpu, float(section.num_workers))
+            else:
+                cpu = max(cpu, section.num_workers * section.cpus_per_worker)
+        if name == "critic" or name.startswith("eval_"):
+            generation = config.generation
+            if generation.use_gpu:
+                gpu = max(gpu, float(generation.num_workers))
+            else:
+                cpu = max(cpu, float(generation.num_workers))
+    return {"CPU": cpu, "GPU": gpu}
+
+
+def concurrent_trials(needed: dict[str, float], available: dict[str, float]) -> int:
+    """How many trials fit the cluster at once (at least 1)."""
+    fits = [math.floor(available.get(k, 0.0) / v + 1e-9) for k, v in needed.items() if v > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def search_algorithm(config: PolyAlignConfig) -> Any:
+    sweep = config.sweep
+    if sweep.search != "optuna":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:  # pragma: no cover - depends on the optional package
+        raise RuntimeError(
+            "sweep.search=optuna needs the optuna package: pip install 'polyalign-ray[sweep]' (or optuna)"
+        ) from exc
+    return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=sweep.seed)
+
+
+def run_trial(
+    params: dict[str, Any], *, base: dict[str, Any], plan: SweepPlan, trials_dir: str, working_dir: str
+) -> None:
+    """One trial (runs in a Tune actor): its stages, then ``tune.report`` of the objective and the report's
+    headline metrics. Relative paths of the config mean what they meant to the driver (Tune may have moved the
+    actor into its trial folder)."""
+    os.chdir(working_dir)
+    config = config_from_dict(base)
+    context = tune.get_context()
+    folder = Path(trials_dir) / f"{context.get_trial_id()}_{trial_label(params)}"
+    trial = trial_config(config, params, folder, plan)
+    began = time.perf_counter()
+    run_pipeline(trial, only=plan.trial, echo=log.info)
+    report = json.loads(
+        (Path(trial.eval.output_dir) / SWEPT_MODEL / "report.json").read_text(encoding="utf-8")
+    )
+    overall = report["overall"]
+    value = overall.get(config.sweep.metric)
+    headline = {
+        k: overall[k]
+        for k in ("aggregate", "f1", "bng", "hcr", "c_mauve", "nuf_hypervolume")
+        if isinstance(overall.get(k), (int, float))
+    }
+    tune.report(
+        {
+            **headline,
+            config.sweep.metric: float("nan") if value is None else float(value),
+            "seconds": time.perf_counter() - began,
+            "trial_folder": str(folder),
+        }
+    )
+
+
+def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
+    """Shared prefix, then the trials, then the table, ``best.yaml`` and the plot; returns the summary."""
+    sweep = config.sweep
+    if not sweep.space:
+        raise ValueError(
+            "sweep.space is empty: give the keys to sweep, e.g. sweep.space='{hdpo.reg_lambda: [0, 0.3]}'"
+        )
+    out = Path(sweep.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = sweep_plan(config)
+    domains = [parse_domain(str(k), v) for k, v in sweep.space.items()]
+    keys = [d.key for d in domains]
+    echo(f"sweep over {keys}: shared stages {list(plan.prefix)} (run once), per trial {list(plan.trial)}")
+    if plan.prefix:
+        shared = variant(config, pipeline={"baselines": False, "evaluate": False, "redo": []})
+        run_pipeline(shared, only=plan.prefix, echo=echo)
+    needed = trial_resources(config, plan)
+    concurrency = sweep.max_concurrent_trials or concurrent_trials(needed, ray.cluster_resources())
+    echo(f"trials: search={sweep.search}, up to {concurrency} at once (each needs {needed})")
+    trainable = tune.with_parameters(
+        run_trial,
+        base=config_to_dict(config),
+        plan=plan,
+        trials_dir=str(out / "trials"),
+        working_dir=os.getcwd(),
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_MEMORY_BYTES}),
+        param_space={d.key: tune_domain(d, sweep.search) for d in domains},
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=concurrency,
+            search_alg=search_algorithm(config),
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1),
+    )
+    began = time.perf_counter()
+    results = tuner.fit()
+    rows = []
+    for number, result in enumerate(results):
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                "trial": number,
+                "status": "error" if result.error else "done",
+                **{k: (result.config or {}).get(k) for k in keys},
+                **{
+                    k: v
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float, str)) and not k.startswith("time")
+                },
+                "error": str(result.error).splitlines()[0][:200] if result.error else "",
+            }
+        )
+    rows = [
+        {k: v for k, v in row.items() if k not in ("training_iteration", "timestamp", "pid")} for row in rows
+    ]
+    csv_path, md_path = write_trials_table(rows, keys, sweep.metric, out)
+    plot = plot_objective(rows, keys, sweep.metric, sweep.mode, out / "objective.png")
+    best = best_trial(rows, sweep.metric, sweep.mode)
+    summary: dict[str, Any] = {
+        "space": sweep.space,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "plan": dataclasses.asdict(plan),
+        "trials": rows,
+        "wall_s": time.perf_counter() - began,
+        "table": str(md_path),
+        "csv": str(csv_path),
+        "plot": str(plot) if plot else None,
+    }
+    if best is not None:
+        params = {k: best[k] for k in keys}
+        best_config = trial_config(config, params, out / "best", plan)
+        best_config = variant(best_config, pipeline=config_to_dict(config)["pipeline"])
+        summary["best"] = {"params": params, sweep.metric: best[sweep.metric], "trial": best["trial"]}
+        summary["best_config"] = str(
+            write_best_config(
+                best_config,
+                out / "best.yaml",
+                f"Best trial of the sweep in {out}: {params} -> {sweep.metric} = {best[sweep.metric]:.4f}\n"
+                "Run it again: polyalign pipeline --config best.yaml",
+            )
+        )
+    (out / "sweep.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    failed = [r for r in rows if r["status"] == "error"]
+    if failed:
+        echo(f"{len(failed)} of {len(rows)} trials failed; see {md_path} and the Tune logs in {out / 'tune'}")
+    return summary

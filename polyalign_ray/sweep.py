@@ -1,0 +1,222 @@
+"""Sweeps without Ray: the search space written with dotted config keys, trial configs, and the sweep's outputs.
+
+A sweep (``polyalign sweep``, ``distributed/tune.py``) varies config keys such as ``hdpo.reg_lambda``,
+``hdpo.beta``, ``sampler.alpha`` or one bucket's multiplier ``sampler.multipliers.zh|multi|dialogue|short``. Each
+trial is the base config with its values applied (the same merge as command-line overrides), so a trial's config
+is exactly what ``polyalign pipeline --config best.yaml`` runs again.
+
+The outputs are a table of trials (CSV and Markdown), the best trial's config as a ready-to-run YAML, and a plot
+of the objective against each swept key.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict, merge_override
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+"""Space entries other than a plain list (a grid axis)."""
+UNSWEEPABLE_SECTIONS = ("sweep", "pipeline", "ray")
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """One swept key: ``kind`` is ``grid`` (a plain list), or one of :data:`DISTRIBUTIONS`."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+
+
+def parse_domain(key: str, spec: Any) -> Domain:
+    """A space entry -> :class:`Domain`; raises ``ValueError`` saying what a valid entry looks like."""
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ValueError(f"{key}: an empty list; give the values to try, e.g. [0.0, 0.1, 0.3]")
+        return Domain(key, "grid", tuple(spec))
+    if isinstance(spec, Mapping) and len(spec) == 1:
+        ((kind, args),) = spec.items()
+        if kind == "choice":
+            if not isinstance(args, (list, tuple)) or not args:
+                raise ValueError(f"{key}: choice needs a non-empty list, e.g. {{choice: [1.0, 2.0]}}")
+            return Domain(key, "choice", tuple(args))
+        if kind in ("uniform", "loguniform", "randint"):
+            if (
+                not isinstance(args, (list, tuple))
+                or len(args) != 2
+                or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+                or not args[0] < args[1]
+            ):
+                raise ValueError(
+                    f"{key}: {kind} needs [low, high] with low < high, e.g. {{{kind}: [0.01, 1]}}"
+                )
+            if kind == "loguniform" and args[0] <= 0:
+                raise ValueError(f"{key}: loguniform needs low > 0, got {args[0]}")
+            if kind == "randint" and not all(isinstance(a, int) for a in args):
+                raise ValueError(f"{key}: randint needs integer bounds, got {list(args)}")
+            return Domain(key, kind, (), float(args[0]), float(args[1]))
+    raise ValueError(
+        f"{key}: {spec!r} is not a search domain; write a list of values, or one of "
+        + ", ".join(f"{{{k}: [...]}}" for k in DISTRIBUTIONS)
+    )
+
+
+def config_key_problem(key: str) -> str | None:
+    """Why a dotted key cannot be swept (None when it can): it must name a config field, or one entry of a
+    mapping field (``sampler.multipliers.BUCKET``); sweep/pipeline/ray settings and output folders are not swept."""
+    parts = key.split(".")
+    node: Any = PolyAlignConfig
+    for depth, part in enumerate(parts):
+        if dataclasses.is_dataclass(node):
+            names = {f.name: f for f in dataclasses.fields(node)}
+            if part not in names:
+                return f"{key!r}: no key {part!r} here; known: {sorted(names)}"
+            node = typing.get_type_hints(node)[part]
+            continue
+        origin = typing.get_origin(node)
+        if (origin in (dict, Mapping) or node is dict) and depth == len(parts) - 1:
+            return None
+        return f"{key!r}: {'.'.join(parts[:depth])} is a value, not a section"
+    if dataclasses.is_dataclass(node):
+        return f"{key!r} is a whole section; sweep one of its keys"
+    if parts[0] in UNSWEEPABLE_SECTIONS:
+        return f"{key!r}: {parts[0]}.* settings describe how to run, not what to train; they are not swept"
+    if parts[-1] == "output_dir":
+        return f"{key!r}: output folders are set per trial by the sweep"
+    return None
+
+
+def space_problems(space: Mapping[str, Any], search: str, path: str) -> list[str]:
+    """Every problem of a space, each naming the key and the fix (used by ``SweepConfig.problems``)."""
+    out = []
+    for key, spec in space.items():
+        problem = config_key_problem(str(key))
+        if problem:
+            out.append(f"{path}: {problem}")
+            continue
+        try:
+            parse_domain(str(key), spec)
+        except ValueError as exc:
+            out.append(f"{path}.{exc}")
+    return out
+
+
+def swept_sections(space: Mapping[str, Any]) -> set[str]:
+    """Config sections the space touches: the pipeline stages that depend on them run in every trial."""
+    return {str(key).split(".")[0] for key in space}
+
+
+def config_with(
+    base: PolyAlignConfig, params: Mapping[str, Any], **sections: Mapping[str, Any]
+) -> PolyAlignConfig:
+    """``base`` with each dotted key of ``params`` set (as a command-line override would), then whole
+    ``sections`` keys replaced (e.g. ``hdpo={"output_dir": ...}``); validated."""
+    data = config_to_dict(base)
+    for key, value in params.items():
+        data = merge_override(data, str(key).split("."), value)
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    return config_from_dict(data)
+
+
+def trial_label(params: Mapping[str, Any]) -> str:
+    """A short, file-name-safe label of a trial's values, e.g. ``reg_lambda=0.1,beta=0.05``."""
+    parts = []
+    for key, value in params.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        parts.append(f"{str(key).split('.')[-1]}={shown}")
+    return ",".join(parts).replace("/", "_").replace("|", "-")[:120]
+
+
+def best_trial(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
+    """The finished trial with the best objective (None when no trial produced one)."""
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r[metric])
+
+
+def write_trials_table(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str, out_dir: Path
+) -> tuple[Path, Path]:
+    """``trials.csv`` (every column) and ``trials.md`` (trial, status, swept values, objective, seconds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["trial", "status", *keys, metric, "seconds", "error"]
+    extra = sorted({c for r in rows for c in r} - set(columns))
+    csv_path = out_dir / "trials.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*columns, *extra], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in [*columns, *extra]})
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    shown = ["trial", "status", *keys, metric, "seconds"]
+    lines = [
+        "| " + " | ".join(c.replace("|", "\\|") for c in shown) + " |",
+        "|" + "---|" * len(shown),
+    ]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in shown) + " |" for r in rows]
+    md_path = out_dir / "trials.md"
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return csv_path, md_path
+
+
+def write_best_config(config: PolyAlignConfig, path: Path, header: str) -> Path:
+    """The best trial's whole config as YAML, ready for ``polyalign pipeline --config``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    body = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+    path.write_text(comment + body, encoding="utf-8")
+    return path
+
+
+def plot_objective(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str, mode: str, path: Path
+) -> Path | None:
+    """One panel per swept key: the objective of each finished trial against the key's value (best marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finished = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    if not finished or not keys:
+        return None
+    best = best_trial(finished, metric, mode)
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for axis, key in zip(axes[0], keys, strict=True):
+        values = [r[key] for r in finished]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        labels = sorted({str(v) for v in values})
+        xs = values if numeric else [labels.index(str(v)) for v in values]
+        axis.scatter(xs, [r[metric] for r in finished], color="tab:blue", label="trial")
+        if best is not None:
+            bx = best[key] if numeric else labels.index(str(best[key]))
+            axis.scatter([bx], [best[metric]], color="tab:red", marker="*", s=160, label="best")
+        if not numeric:
+            axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        axis.set_xlabel(key)
+        axis.set_ylabel(f"{metric} ({mode})")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,165 @@
+"""Sweeps without Ray: search-space entries, key checks, trial configs, the plan of shared and per-trial stages,
+resources, and the table / best config / plot outputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from polyalign_ray.config import SWEEP_METRICS, ConfigError, load_config
+from polyalign_ray.distributed.tune import (
+    SweepPlan,
+    concurrent_trials,
+    sweep_plan,
+    trial_config,
+    trial_resources,
+)
+from polyalign_ray.sweep import (
+    Domain,
+    best_trial,
+    config_key_problem,
+    config_with,
+    parse_domain,
+    plot_objective,
+    swept_sections,
+    trial_label,
+    write_best_config,
+    write_trials_table,
+)
+
+
+def test_parse_domain_lists_and_distributions() -> None:
+    assert parse_domain("hdpo.beta", [0.05, 0.1]) == Domain("hdpo.beta", "grid", (0.05, 0.1))
+    assert parse_domain("hdpo.beta", {"choice": [1, 2]}) == Domain("hdpo.beta", "choice", (1, 2))
+    assert parse_domain("hdpo.beta", {"loguniform": [0.01, 1]}) == Domain(
+        "hdpo.beta", "loguniform", (), 0.01, 1.0
+    )
+    assert parse_domain("sft.seed", {"randint": [0, 4]}).kind == "randint"
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ([], "empty list"),
+        ({"uniform": [1, 0]}, "low < high"),
+        ({"loguniform": [0, 1]}, "low > 0"),
+        ({"randint": [0.5, 3]}, "integer bounds"),
+        ({"normal": [0, 1]}, "not a search domain"),
+        (0.3, "not a search domain"),
+    ],
+)
+def test_parse_domain_rejects_with_the_fix(spec, fragment) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_domain("hdpo.beta", spec)
+
+
+def test_config_key_problem() -> None:
+    assert config_key_problem("hdpo.reg_lambda") is None
+    assert config_key_problem("model.lora.r") is None
+    assert config_key_problem("sampler.multipliers.zh|multi|dialogue|short") is None
+    assert "no key 'reg_lambdaa'" in config_key_problem("hdpo.reg_lambdaa")
+    assert "whole section" in config_key_problem("hdpo")
+    assert "not swept" in config_key_problem("ray.num_cpus")
+    assert "output folders" in config_key_problem("hdpo.output_dir")
+    assert "is a value" in config_key_problem("hdpo.beta.x")
+
+
+def test_bad_sweep_config_names_every_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            ["sweep.space={hdpo.reg_lambdaa: [0, 1], hdpo.beta: {uniform: [1, 0]}}", "sweep.metric=c_mauv"],
+        )
+    text = str(caught.value)
+    assert "sweep.space: 'hdpo.reg_lambdaa'" in text
+    assert "sweep.space.hdpo.beta: uniform needs [low, high]" in text
+    assert "did you mean 'c_mauve'" in text
+
+
+def test_config_with_applies_dotted_values_like_overrides() -> None:
+    base = load_config()
+    trial = config_with(
+        base,
+        {"hdpo.reg_lambda": 0.3, "sampler.multipliers.zh|multi|dialogue|short": 2.0},
+        hdpo={"output_dir": "/x/hdpo"},
+    )
+    assert trial.hdpo.reg_lambda == 0.3
+    assert trial.sampler.multipliers == {"zh|multi|dialogue|short": 2.0}
+    assert trial.hdpo.output_dir == "/x/hdpo"
+    assert trial.hdpo.beta == base.hdpo.beta
+    assert swept_sections({"hdpo.beta": [1], "sampler.alpha": [0]}) == {"hdpo", "sampler"}
+
+
+def test_plan_shares_the_stages_the_space_does_not_reach(tmp_path: Path) -> None:
+    hdpo_only = load_config(None, ["sweep.space={hdpo.reg_lambda: [0.0, 0.3], hdpo.beta: [0.1]}"])
+    assert sweep_plan(hdpo_only) == SweepPlan(prefix=("data", "sft", "critic"), trial=("hdpo", "eval_hdpo"))
+    weights = load_config(None, ["sweep.space={sampler.alpha: [0.0, 1.0]}"])
+    assert sweep_plan(weights) == SweepPlan(prefix=("data",), trial=("sft", "critic", "hdpo", "eval_hdpo"))
+    trial = trial_config(hdpo_only, {"hdpo.reg_lambda": 0.3}, tmp_path / "t1", sweep_plan(hdpo_only))
+    assert trial.hdpo.output_dir == str(tmp_path / "t1" / "hdpo")
+    assert trial.eval.output_dir == str(tmp_path / "t1" / "eval")
+    assert trial.sft.output_dir == hdpo_only.sft.output_dir  # shared: trained once
+    assert not trial.pipeline.baselines
+
+
+def test_trial_resources_and_concurrency() -> None:
+    config = load_config(None, ["sweep.space={sampler.alpha: [0.0, 1.0]}", "generation.num_workers=1"])
+    needed = trial_resources(config, sweep_plan(config))
+    assert needed == {"CPU": 1.0, "GPU": 0.0}  # 2 workers x 0.5 CPU, or 1 generation actor x 1 CPU
+    assert concurrent_trials(needed, {"CPU": 2.0}) == 2
+    assert concurrent_trials(needed, {"CPU": 0.5}) == 1
+    gpu = load_config(None, ["sweep.space={hdpo.beta: [0.1]}", "hdpo.use_gpu=true", "hdpo.num_workers=2"])
+    needed = trial_resources(gpu, sweep_plan(gpu))
+    assert needed["GPU"] == 2.0
+    assert concurrent_trials(needed, {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+def test_best_trial_and_label() -> None:
+    rows = [
+        {"trial": 0, "aggregate": 0.4},
+        {"trial": 1, "aggregate": 0.7},
+        {"trial": 2, "aggregate": float("nan")},
+        {"trial": 3, "status": "error"},
+    ]
+    assert best_trial(rows, "aggregate", "max")["trial"] == 1
+    assert best_trial(rows, "aggregate", "min")["trial"] == 0
+    assert best_trial(rows[2:], "aggregate", "max") is None
+    assert trial_label({"hdpo.reg_lambda": 0.30000001, "sampler.multipliers.zh|multi": 2}) == (
+        "reg_lambda=0.3,zh-multi=2"
+    )
+
+
+def test_outputs_table_best_config_and_plot(tmp_path: Path) -> None:
+    rows = [
+        {"trial": 0, "status": "done", "hdpo.reg_lambda": 0.0, "aggregate": 0.41, "seconds": 12.0},
+        {"trial": 1, "status": "done", "hdpo.reg_lambda": 0.3, "aggregate": 0.52, "seconds": 13.0},
+        {"trial": 2, "status": "error", "hdpo.reg_lambda": 0.6, "error": "boom"},
+    ]
+    csv_path, md_path = write_trials_table(rows, ["hdpo.reg_lambda"], "aggregate", tmp_path)
+    read = list(csv.DictReader(csv_path.open()))
+    assert [r["aggregate"] for r in read] == ["0.41", "0.52", ""]
+    assert read[2]["error"] == "boom"
+    assert "| 1 | done | 0.3 | 0.52 | 13 |" in md_path.read_text()
+    plot = plot_objective(rows, ["hdpo.reg_lambda"], "aggregate", "max", tmp_path / "objective.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = config_with(load_config(), {"hdpo.reg_lambda": 0.3})
+    path = write_best_config(best, tmp_path / "best.yaml", "best trial\nrun it again")
+    assert path.read_text().startswith("# best trial\n# run it again\n")
+    assert load_config(path) == best
+
+
+def test_sweep_metrics_are_report_keys() -> None:
+    """Every metric a sweep may optimize is a key of the evaluation report's overall block."""
+    import numpy as np
+
+    from polyalign_ray.evaluation.scoring import ScoringSettings, score_predictions
+
+    records = [
+        {"id": str(i), "bucket_id": "en|single|qa|short", "language": "en", "track": "single", "response": t}
+        for i, t in enumerate(["yes it is", "no", "maybe so", "it is blue", "red", "two cats"])
+    ]
+    report = score_predictions(records, [r["response"] for r in records], {}, ScoringSettings())
+    assert set(SWEEP_METRICS) <= set(report["overall"])
+    assert np.isfinite(report["overall"]["f1"])
