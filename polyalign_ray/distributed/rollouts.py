@@ -2,8 +2,9 @@
 
 Rank 0 owns the pipeline; the other ranks receive each step's global batch by broadcast and keep their slice.
 
-- **Rollout batch** b: ``rollout_prompts`` train prompts (a seeded permutation, epoch after epoch) go to the
-  :class:`~polyalign_ray.rollouts.RolloutWorker` actor with the weights version to sample from; its ObjectRef goes
+- **Rollout batch** b: ``rollout_prompts`` train prompts (a seeded permutation, epoch after epoch) go to
+  :class:`~polyalign_ray.rollouts.RolloutWorker` actor b mod ``num_generators`` with the weights version to sample
+  from (which actor runs a batch changes nothing: a rollout is a pure function of its inputs); its ObjectRef goes
   straight to a critic pool actor (``CriticPool.submit_rollout``), so scoring starts when generation ends, without
   the trainer waiting. Up to ``rollout_depth`` batches are in flight while the trainer runs its steps.
 - **Pairs**: a harvested batch's distances pick chosen/rejected per prompt (``rollouts.pairs_from_rollout``); pairs
@@ -100,14 +101,18 @@ class OnlinePairSource:
         remote = ray.remote(
             num_cpus=0, num_gpus=1 if config.generation.use_gpu else 0, max_restarts=-1, max_task_retries=-1
         )(RemoteRolloutWorker)
-        self.generator = remote.remote(
-            policy,
-            config.model,
-            config.generation,
-            rollouts_per_prompt=hdpo.rollouts_per_prompt,
-            include_human=hdpo.include_human,
-            backend=hdpo.generation_backend,
-        )
+        self.generators = [
+            remote.remote(
+                policy,
+                config.model,
+                config.generation,
+                rollouts_per_prompt=hdpo.rollouts_per_prompt,
+                include_human=hdpo.include_human,
+                backend=hdpo.generation_backend,
+                torch_threads=hdpo.generator_threads,
+            )
+            for _ in range(hdpo.num_generators)
+        ]
         cfg = config.critic
         self.pool = CriticPool(
             critic_dir,
@@ -117,7 +122,9 @@ class OnlinePairSource:
             num_gpus=cfg.actor_num_gpus,
         )
         log.info(
-            "online HDPO: 1 rollout actor + %d critic actors; %d prompts x %d samples per rollout batch, %d in flight",
+            "online HDPO: %d rollout actors + %d critic actors; %d prompts x %d samples per rollout batch, "
+            "%d in flight",
+            hdpo.num_generators,
             cfg.num_actors,
             self.prompts_per_batch,
             hdpo.rollouts_per_prompt,
@@ -158,9 +165,8 @@ class OnlinePairSource:
 
     def _submit(self) -> None:
         batch = self.position["batch"]
-        generated = self.generator.rollout_at.remote(
-            self._next_prompts(), batch, self.version, self.weights_box
-        )
+        generator = self.generators[batch % len(self.generators)]
+        generated = generator.rollout_at.remote(self._next_prompts(), batch, self.version, self.weights_box)
         ticket = self.pool.submit_rollout(generated)
         self.in_flight.append(
             {
@@ -323,4 +329,5 @@ class OnlinePairSource:
         if self.rank != 0:
             return
         self.pool.shutdown()
-        ray.kill(self.generator, no_restart=True)
+        for generator in self.generators:
+            ray.kill(generator, no_restart=True)

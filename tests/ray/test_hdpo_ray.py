@@ -177,7 +177,7 @@ def online_local_run(
     def on_step(step: int) -> None:
         if step == kill_at:
             assert source.in_flight, "the kill must hit rollouts in flight"
-            ray.kill(source.generator, no_restart=False)
+            ray.kill(source.generators[0], no_restart=False)
             ray.kill(source.pool.actors[0], no_restart=False)
 
     logged: list[dict] = []
@@ -209,11 +209,17 @@ def online_calm(data_dir, zero3_run, critic_bundle, tmp_path_factory) -> tuple[d
 def test_online_actors_killed_mid_run_lose_no_pair(
     data_dir, zero3_run, critic_bundle, online_calm, tmp_path
 ) -> None:
-    """After step 2 the generator and a critic actor are killed while rollouts are in flight (Ray restarts them
-    and re-executes their calls). The run uses exactly the pairs of an undisturbed run: same losses, same counts."""
+    """This run spreads rollouts over two generator actors; after step 2 one of them and a critic actor are killed
+    while rollouts are in flight (Ray restarts them and re-executes their calls). It uses exactly the pairs of the
+    undisturbed one-generator run: same losses, same counts (a rollout depends on its inputs, not on its actor)."""
     calm_summary, calm, _ = online_calm
     hit_summary, hit = online_local_run(
-        data_dir, zero3_run, critic_bundle, tmp_path, kill_at=2, overrides=("hdpo.checkpoint_every=2",)
+        data_dir,
+        zero3_run,
+        critic_bundle,
+        tmp_path,
+        kill_at=2,
+        overrides=("hdpo.checkpoint_every=2", "hdpo.num_generators=2"),
     )
     assert [x["loss"] for x in hit] == pytest.approx([x["loss"] for x in calm], rel=1e-6)
     for key in ("pairs_built", "pairs_used", "prompts", "candidates", "rollout_batches"):
