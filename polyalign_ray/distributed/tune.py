@@ -21,6 +21,7 @@ output folders under ``best/``: ``polyalign pipeline --config best.yaml`` trains
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -131,12 +132,13 @@ def search_algorithm(config: PolyAlignConfig) -> Any:
     sweep = config.sweep
     if sweep.search != "optuna":
         return None
-    try:
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError as exc:  # pragma: no cover - depends on the optional package
+    if importlib.util.find_spec("optuna") is None:
         raise RuntimeError(
-            "sweep.search=optuna needs the optuna package: pip install 'polyalign-ray[sweep]' (or optuna)"
-        ) from exc
+            "sweep.search=optuna needs the optuna package: pip install 'polyalign-ray[sweep]' (or optuna), "
+            "or use sweep.search=random"
+        )
+    from ray.tune.search.optuna import OptunaSearch
+
     return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=sweep.seed)
 
 
