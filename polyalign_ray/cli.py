@@ -249,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(yaml.safe_dump(config_to_dict(_config(args)), sort_keys=False, allow_unicode=True), end="")
             return 0
+    except KeyboardInterrupt:
+        print(interrupted_message(args.command), file=sys.stderr)
+        return 130
     except ConfigError as exc:
         print(f"polyalign: {exc}", file=sys.stderr)
         return 2
@@ -256,6 +259,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"polyalign: error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def interrupted_message(command: str) -> str:
+    """What Ctrl-C leaves behind, and how to go on."""
+    if command == "sweep":
+        return (
+            "\npolyalign sweep: interrupted. The shared stages that finished are kept; running the same command "
+            "again runs the trials again."
+        )
+    if command in ("sft", "hdpo", "pipeline"):
+        return (
+            f"\npolyalign {command}: interrupted. Nothing interrupted is marked done: run the same command again to "
+            "continue (finished stages are skipped; an interrupted training run with the same settings resumes "
+            "from its latest checkpoint, other settings start it over)."
+        )
+    return f"\npolyalign {command}: interrupted; run the same command again to redo it."
 
 
 def _run_prepare(config: PolyAlignConfig, engine: str) -> int:

@@ -306,10 +306,15 @@ def hdpo_worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def run_hdpo_with_ray(
-    config: PolyAlignConfig, policy: str, critic_dir: str, *, resume_from: str = ""
+    config: PolyAlignConfig,
+    policy: str,
+    critic_dir: str,
+    *,
+    run_name: str = "hdpo",
+    resume_from: str = "",
 ) -> dict[str, Any]:
     """Build the offline pairs (offline mode) and train with a TorchTrainer of DeepSpeed workers; returns the
-    summary (``hdpo.output_dir/summary.json``)."""
+    summary (``hdpo.output_dir/summary.json``). ``run_name``: the Ray Train run folder, as in SFT."""
     hdpo = config.hdpo
     if Path(policy).exists():  # workers run in another working directory: hand them absolute paths
         policy = str(Path(policy).resolve())
@@ -344,7 +349,7 @@ def run_hdpo_with_ray(
             "resume_from": resume_from,
         },
         hdpo,
-        name="hdpo",
+        name=run_name,
         output_dir=output_dir,
         datasets=datasets,
     )

@@ -3,23 +3,29 @@
 data (prepare + references) → plain SFT (baseline) → Bucket-Aware SFT → critic → DPO (baseline) → HDPO → eval of
 base, plain SFT, Bucket-SFT, DPO and HDPO → comparison report.
 
-Each stage writes ``stage_done.json`` into its output folder when it finishes, with a fingerprint of the config
-sections it depends on. A rerun skips every stage whose marker matches (so an interrupted pipeline continues where it
-stopped, and changing ``eval.*`` re-runs only the evaluation); ``pipeline.redo`` forces stages to run again.
+Each stage writes ``stage_done.json`` into its output folder when every output is complete (atomically: written
+under a temporary name, then renamed), with a fingerprint of the config sections it depends on and of the runs of
+the stages whose outputs it reads (``needs``), and a fresh ``run_id``. A stage withdraws its marker before it starts,
+so an interrupted stage is never "done". A rerun skips every stage whose marker matches (so an interrupted pipeline
+continues where it stopped, and changing ``eval.*`` re-runs only the evaluation). ``pipeline.redo`` forces stages to
+run again from the start; since a rerun gives a stage a new ``run_id``, every stage that reads its outputs is
+reopened too, like ``make``. Training stages continue an interrupted run of the same settings from its latest
+checkpoint (``training_runs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
+from polyalign_ray.training_runs import settings_fingerprint, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,10 @@ class Stage:
     folder: Path
     sections: tuple[str, ...]
     """Config sections whose values decide the stage's result (its fingerprint)."""
-    run: Callable[[], Any]
+    run: Callable[[bool], Any]
+    """Runs the stage; the argument is ``fresh``: start training over rather than continue an interrupted run."""
+    needs: tuple[str, ...] = ()
+    """Stages whose outputs this one reads: a new run of any of them reopens this one."""
 
 
 def variant(config: PolyAlignConfig, **sections: dict[str, Any]) -> PolyAlignConfig:
@@ -46,8 +55,7 @@ def variant(config: PolyAlignConfig, **sections: dict[str, Any]) -> PolyAlignCon
 
 def fingerprint(config: PolyAlignConfig, sections: tuple[str, ...], extra: str = "") -> str:
     data = config_to_dict(config)
-    payload = json.dumps({s: data[s] for s in sections}, sort_keys=True) + extra
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return settings_fingerprint([{s: data[s] for s in sections}, extra])
 
 
 def plain_sft_config(config: PolyAlignConfig) -> PolyAlignConfig:
@@ -73,7 +81,7 @@ def dpo_config(config: PolyAlignConfig) -> PolyAlignConfig:
 
 
 def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
-    """The stages this config runs, in order."""
+    """The stages this config runs, in order, each with the stages whose outputs it reads."""
     from polyalign_ray.distributed import stages as s
 
     data_dir = Path(config.data.output_dir)
@@ -84,15 +92,15 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
     hdpo_keys = (*critic_keys, "hdpo")
     plain, dpo = plain_sft_config(config), dpo_config(config)
     models = {
-        "base": (lambda: s.ensure_base_model(config), base),
-        "sft_plain": (lambda: str(Path(plain.sft.output_dir) / "final"), sft_keys),
-        "sft": (lambda: str(Path(config.sft.output_dir) / "final"), sft_keys),
-        "dpo": (lambda: str(Path(dpo.hdpo.output_dir) / "final"), hdpo_keys),
-        "hdpo": (lambda: str(Path(config.hdpo.output_dir) / "final"), hdpo_keys),
+        "base": (lambda: s.ensure_base_model(config), base, ("data",)),
+        "sft_plain": (lambda: str(Path(plain.sft.output_dir) / "final"), sft_keys, ("data", "sft_plain")),
+        "sft": (lambda: str(Path(config.sft.output_dir) / "final"), sft_keys, ("data", "sft")),
+        "dpo": (lambda: str(Path(dpo.hdpo.output_dir) / "final"), hdpo_keys, ("data", "dpo")),
+        "hdpo": (lambda: str(Path(config.hdpo.output_dir) / "final"), hdpo_keys, ("data", "hdpo")),
     }
     run_baselines = config.pipeline.baselines
     stage_list = [
-        Stage("data", "prepare + references", data_dir, ("data", "references"), lambda: _data(config)),
+        Stage("data", "prepare + references", data_dir, ("data", "references"), lambda fresh: _data(config)),
     ]
     if run_baselines:
         stage_list.append(
@@ -101,29 +109,48 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                 "plain SFT (baseline)",
                 Path(plain.sft.output_dir),
                 sft_keys,
-                lambda: s.run_sft_stage(plain),
+                lambda fresh: s.run_sft_stage(plain, fresh=fresh),
+                needs=("data",),
             )
         )
     stage_list += [
         Stage(
-            "sft", "Bucket-Aware SFT", Path(config.sft.output_dir), sft_keys, lambda: s.run_sft_stage(config)
+            "sft",
+            "Bucket-Aware SFT",
+            Path(config.sft.output_dir),
+            sft_keys,
+            lambda fresh: s.run_sft_stage(config, fresh=fresh),
+            needs=("data",),
         ),
         Stage(
             "critic",
             "critic",
             Path(config.critic.output_dir),
             critic_keys,
-            lambda: s.run_critic_stage(config),
+            lambda fresh: s.run_critic_stage(config),
+            needs=("data", "sft"),
         ),
     ]
     if run_baselines:
         stage_list.append(
             Stage(
-                "dpo", "DPO (baseline)", Path(dpo.hdpo.output_dir), hdpo_keys, lambda: s.run_hdpo_stage(dpo)
+                "dpo",
+                "DPO (baseline)",
+                Path(dpo.hdpo.output_dir),
+                hdpo_keys,
+                lambda fresh: s.run_hdpo_stage(dpo, fresh=fresh),
+                needs=("data", "sft", "critic"),
             )
         )
     stage_list.append(
-        Stage("hdpo", "HDPO", Path(config.hdpo.output_dir), hdpo_keys, lambda: s.run_hdpo_stage(config))
+        Stage(
+            "hdpo",
+            "HDPO",
+            Path(config.hdpo.output_dir),
+            hdpo_keys,
+            lambda fresh: s.run_hdpo_stage(config, fresh=fresh),
+            needs=("data", "sft", "critic"),
+        )
     )
     if config.pipeline.evaluate:
         names = [
@@ -134,14 +161,15 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
             "hdpo",
         ]
         for name in names:
-            model, keys = models[name]
+            model, keys, needs = models[name]
             stage_list.append(
                 Stage(
                     f"eval_{name}",
                     f"evaluate {name}",
                     eval_dir / name,
                     (*keys, "eval"),
-                    lambda model=model, name=name: s.run_eval_stage(config, model(), name),
+                    lambda fresh, model=model, name=name: s.run_eval_stage(config, model(), name),
+                    needs=needs,
                 )
             )
         stage_list.append(
@@ -150,7 +178,8 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                 "comparison report",
                 eval_dir / "report",
                 (*hdpo_keys, "eval", "pipeline"),
-                lambda: s.run_compare(config, names),
+                lambda fresh: s.run_compare(config, names),
+                needs=tuple(f"eval_{name}" for name in names),
             )
         )
     return stage_list
@@ -163,24 +192,72 @@ def _data(config: PolyAlignConfig) -> str:
     return run_references(config)
 
 
-def stage_is_done(stage: Stage, config: PolyAlignConfig) -> bool:
-    marker = stage.folder / MARKER
-    if not marker.is_file():
-        return False
-    return json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(
-        config, stage.sections
+def read_marker(folder: Path) -> dict[str, Any]:
+    path = folder / MARKER
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def upstream_runs(stage: Stage, folders: dict[str, Path]) -> dict[str, str]:
+    """The ``run_id`` of each stage this one reads from (empty when that stage has no marker)."""
+    return {name: read_marker(folders[name]).get("run_id", "") for name in stage.needs if name in folders}
+
+
+def stage_fingerprint(stage: Stage, config: PolyAlignConfig, folders: dict[str, Path]) -> str:
+    """The stage's settings and the runs of the stages it reads from: either changing reopens it."""
+    return fingerprint(config, stage.sections, json.dumps(upstream_runs(stage, folders), sort_keys=True))
+
+
+def stage_folders(stage_list: list[Stage], config: PolyAlignConfig) -> dict[str, Path]:
+    """Every pipeline stage's folder (also those a sweep trial does not run: their markers are read)."""
+    everything = pipeline_stages(variant(config, pipeline={"baselines": True, "evaluate": True}))
+    return {**{s.name: s.folder for s in everything}, **{s.name: s.folder for s in stage_list}}
+
+
+def stage_is_done(stage: Stage, config: PolyAlignConfig, folders: dict[str, Path] | None = None) -> bool:
+    folders = folders if folders is not None else stage_folders([stage], config)
+    return read_marker(stage.folder).get("fingerprint") == stage_fingerprint(stage, config, folders)
+
+
+def why_stage_runs(stage: Stage, config: PolyAlignConfig, folders: dict[str, Path]) -> str:
+    """Why a stage that is not skipped runs, for its progress line."""
+    if stage.name in config.pipeline.redo:
+        return "redo requested: starting over"
+    marker = read_marker(stage.folder)
+    if not marker:
+        return "not done yet"
+    recorded = marker.get("upstream", {})
+    changed = [name for name, run_id in upstream_runs(stage, folders).items() if recorded.get(name) != run_id]
+    if changed:
+        return f"reopened: {', '.join(changed)} ran again"
+    return "settings changed"
+
+
+def mark_stage_done(
+    stage: Stage, config: PolyAlignConfig, seconds: float, folders: dict[str, Path] | None = None
+) -> None:
+    """Write the stage's marker (atomically, after every output is complete): later runs with the same settings
+    and the same upstream runs skip it; stages that read its outputs see its new ``run_id``."""
+    folders = folders if folders is not None else stage_folders([stage], config)
+    write_json_atomically(
+        stage.folder / MARKER,
+        {
+            "stage": stage.name,
+            "fingerprint": stage_fingerprint(stage, config, folders),
+            "upstream": upstream_runs(stage, folders),
+            "run_id": uuid.uuid4().hex[:12],
+            "seconds": seconds,
+        },
     )
 
 
-def mark_stage_done(stage: Stage, config: PolyAlignConfig, seconds: float) -> None:
-    """Write the stage's marker: later runs with the same settings skip it."""
-    stage.folder.mkdir(parents=True, exist_ok=True)
-    (stage.folder / MARKER).write_text(
-        json.dumps(
-            {"stage": stage.name, "fingerprint": fingerprint(config, stage.sections), "seconds": seconds}
-        ),
-        encoding="utf-8",
-    )
+def withdraw_marker(stage: Stage) -> None:
+    """A stage about to run is not done, whatever it was before (an interruption must not leave it "done")."""
+    (stage.folder / MARKER).unlink(missing_ok=True)
 
 
 def run_pipeline(
@@ -199,23 +276,27 @@ def run_pipeline(
                 f"stages {unknown} are not part of this pipeline: {[s.name for s in stage_list]}"
             )
         stage_list = [stage for stage in stage_list if stage.name in only]
+    folders = stage_folders(stage_list, config)
     results: dict[str, Any] = {}
     timings: dict[str, float | str] = {}
     start = time.perf_counter()
     for number, stage in enumerate(stage_list, start=1):
         label = f"[{number}/{len(stage_list)}] {stage.name}: {stage.title}"
-        if stage.name not in config.pipeline.redo and stage_is_done(stage, config):
+        redo = stage.name in config.pipeline.redo
+        if not redo and stage_is_done(stage, config, folders):
             echo(f"{label} — done earlier, skipped ({stage.folder / MARKER})")
             timings[stage.name] = "skipped"
             continue
-        echo(f"{label} ... (elapsed {time.perf_counter() - start:.0f} s)")
+        reason = why_stage_runs(stage, config, folders)
+        echo(f"{label} ... ({reason}; elapsed {time.perf_counter() - start:.0f} s)")
+        withdraw_marker(stage)
         began = time.perf_counter()
-        results[stage.name] = stage.run()
+        results[stage.name] = stage.run(redo)
         if isinstance(results[stage.name], str) and stage.name == "data":
             echo("\n" + results[stage.name])  # the bucket table
         seconds = time.perf_counter() - began
         timings[stage.name] = round(seconds, 1)
-        mark_stage_done(stage, config, seconds)
+        mark_stage_done(stage, config, seconds, folders)
         echo(f"{label} finished in {seconds:.0f} s")
     results["timings"] = timings
     results["wall_s"] = time.perf_counter() - start

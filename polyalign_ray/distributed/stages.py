@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from polyalign_ray.bucket_report import bucket_rows, empty_buckets, render_bucket_table
-from polyalign_ray.config import PolyAlignConfig
+from polyalign_ray.config import PolyAlignConfig, config_to_dict
 from polyalign_ray.corpus.builtin import builtin_corpus_rows
 from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
@@ -27,8 +27,20 @@ from polyalign_ray.features import features_as_matrix
 from polyalign_ray.models import write_builtin_base_model
 from polyalign_ray.references import build_references
 from polyalign_ray.schema import SPLITS, stable_fraction
+from polyalign_ray.training_runs import (
+    TrainingRun,
+    finish_training_run,
+    folder_identity,
+    open_training_run,
+    training_fingerprint,
+)
 
 log = logging.getLogger(__name__)
+
+SFT_SECTIONS = ("data", "references", "model", "sampler", "sft")
+"""Config sections that decide an SFT run (with the base model and the data manifest as inputs)."""
+HDPO_SECTIONS = ("data", "references", "model", "generation", "hdpo")
+"""Config sections that decide an HDPO run (with the policy, the critic bundle and the SFT samples as inputs)."""
 
 
 def materialize_builtin_corpus(config: PolyAlignConfig) -> Path:
@@ -146,12 +158,39 @@ def ensure_base_model(config: PolyAlignConfig) -> str:
     return str(write_builtin_base_model(config.model, corpus_texts(data_dir), data_dir / "base_model"))
 
 
-def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "") -> dict[str, Any]:
-    """``polyalign sft``: Bucket-Aware SFT on Ray Train + DeepSpeed; returns the summary."""
+def open_stage_run(
+    config: PolyAlignConfig, section: str, sections: tuple[str, ...], inputs: dict[str, str], **kwargs: Any
+) -> TrainingRun:
+    """The training run of stage ``section`` in its output folder: continued when an interrupted run of the same
+    fingerprint is there, else a new one (``training_runs``); says which on the log."""
+    data = config_to_dict(config)
+    fingerprint = training_fingerprint({name: data[name] for name in sections}, section, inputs)
+    output_dir = Path(getattr(config, section).output_dir)
+    run = open_training_run(output_dir, section, fingerprint, **kwargs)
+    log.info("%s: %s (run %s)", section, run.reason, run.name)
+    return run
+
+
+def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool = False) -> dict[str, Any]:
+    """``polyalign sft``: Bucket-Aware SFT on Ray Train + DeepSpeed; returns the summary. An interrupted run with
+    the same settings is continued; anything else (``fresh``, changed settings or inputs, a finished run) trains
+    from the start."""
     from polyalign_ray.distributed.train import run_sft_with_ray
 
     model_path = ensure_base_model(config)
-    summary = run_sft_with_ray(config, model_path, resume_from=resume_from)
+    run = open_stage_run(
+        config,
+        "sft",
+        SFT_SECTIONS,
+        {
+            "base_model": folder_identity(model_path),
+            "manifest": folder_identity(Path(config.data.output_dir) / "manifest.json"),
+        },
+        fresh=fresh,
+        resume_from=resume_from,
+    )
+    summary = run_sft_with_ray(config, model_path, run_name=run.name, resume_from=run.resume_from)
+    finish_training_run(config.sft.output_dir, run)
     log.info(
         "sft: %d steps, loss %.3f -> %.3f, %.0f tokens/s; model in %s",
         summary["steps"],
@@ -237,9 +276,9 @@ def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
     return summary
 
 
-def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "") -> dict[str, Any]:
+def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool = False) -> dict[str, Any]:
     """``polyalign hdpo``: HDPO from the SFT policy (the frozen reference too) with the critic's distances,
-    offline or online (``hdpo.mode``); returns the summary."""
+    offline or online (``hdpo.mode``); returns the summary. Continued or started over as SFT is."""
     from polyalign_ray.distributed.hdpo import run_hdpo_with_ray
 
     hdpo = config.hdpo
@@ -251,7 +290,22 @@ def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "") -> dict[st
         raise FileNotFoundError(
             f"no critic bundle in {critic_dir}: run `polyalign critic` first or set hdpo.critic"
         )
-    summary = run_hdpo_with_ray(config, policy, critic_dir, resume_from=resume_from)
+    samples = hdpo.samples or str(Path(config.critic.output_dir) / "samples.jsonl")
+    run = open_stage_run(
+        config,
+        "hdpo",
+        HDPO_SECTIONS,
+        {
+            "policy": folder_identity(policy),
+            "critic": folder_identity(critic_dir),
+            "samples": folder_identity(samples) if hdpo.mode == "offline" else "",
+            "manifest": folder_identity(Path(config.data.output_dir) / "manifest.json"),
+        },
+        fresh=fresh,
+        resume_from=resume_from,
+    )
+    summary = run_hdpo_with_ray(config, policy, critic_dir, run_name=run.name, resume_from=run.resume_from)
+    finish_training_run(hdpo.output_dir, run)
     last = summary.get("last") or {}
     log.info(
         "hdpo (%s): %d steps, reward accuracy %.2f, margin %.3f, expected distance %.3f; model in %s",

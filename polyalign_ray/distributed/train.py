@@ -148,8 +148,13 @@ def sft_worker_loop(loop_config: dict[str, Any]) -> None:
     )
 
 
-def run_sft_with_ray(config: PolyAlignConfig, model_path: str, *, resume_from: str = "") -> dict[str, Any]:
-    """Tokenize with Ray Data, train with a TorchTrainer of DeepSpeed workers; returns the summary."""
+def run_sft_with_ray(
+    config: PolyAlignConfig, model_path: str, *, run_name: str = "sft", resume_from: str = ""
+) -> dict[str, Any]:
+    """Tokenize with Ray Data, train with a TorchTrainer of DeepSpeed workers; returns the summary.
+
+    ``run_name`` is the Ray Train run folder under ``sft.output_dir/ray_results``: Ray Train continues a run found
+    there from its latest checkpoint, so the caller picks it (``training_runs.open_training_run``)."""
     sft = config.sft
     if Path(model_path).exists():  # workers run in another working directory: hand them absolute paths
         model_path = str(Path(model_path).resolve())
@@ -169,7 +174,7 @@ def run_sft_with_ray(config: PolyAlignConfig, model_path: str, *, resume_from: s
         sft_worker_loop,
         {"config": config_to_dict(config), "model_path": model_path, "resume_from": resume_from},
         sft,
-        name="sft",
+        name=run_name,
         output_dir=output_dir,
         datasets={"train": dataset},
     )
@@ -186,7 +191,8 @@ def deepspeed_trainer(
     datasets: dict[str, ray.data.Dataset],
 ) -> TorchTrainer:
     """The TorchTrainer both training stages use: ``train.num_workers`` DeepSpeed workers, checkpoints and restarts
-    under ``output_dir/ray_results``, every dataset given whole to every worker (each rank samples its slice)."""
+    under ``output_dir/ray_results/name``, every dataset given whole to every worker (each rank samples its slice).
+    A run folder that already holds checkpoints is continued from the latest one."""
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,

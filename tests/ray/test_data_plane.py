@@ -127,8 +127,16 @@ def test_pipeline_on_the_builtin_corpus(
     assert "| en | hdpo |" in report and "| zh | hdpo |" in report
     assert "| single | sft |" in report and "| multi | sft |" in report
     assert "Comparison report" in out
-    # a second run finds every stage done and redoes nothing but what pipeline.redo names
-    assert main(["pipeline", "--output", str(tmp_path), *small, "pipeline.redo=[compare]"]) == 0
+    # a second run finds every stage done and redoes what pipeline.redo names, from the start, and every stage
+    # that reads its outputs (issue 13: a redone stage used to reload its old final checkpoint and train nothing)
+    first_hdpo = (tmp_path / "hdpo" / "metrics.jsonl").read_text()
+    assert main(["pipeline", "--output", str(tmp_path), *small, "pipeline.redo=[hdpo]"]) == 0
     again = capsys.readouterr().out
-    assert again.count("done earlier, skipped") == 7
-    assert "compare: comparison report ..." in again
+    assert again.count("done earlier, skipped") == 5
+    assert "hdpo: HDPO ... (redo requested: starting over" in again
+    assert "eval_hdpo: evaluate hdpo ... (reopened: hdpo ran again" in again
+    assert "compare: comparison report ... (reopened: eval_hdpo ran again" in again
+    redone = json.loads((tmp_path / "hdpo" / "summary.json").read_text())
+    assert (redone["steps"], redone["resumed_from_step"]) == (4, 0)
+    assert (tmp_path / "hdpo" / "metrics.jsonl").read_text().count("\n") == first_hdpo.count("\n")
+    assert (tmp_path / "hdpo" / "previous" / "metrics.jsonl").read_text() == first_hdpo

@@ -246,3 +246,35 @@ def test_online_resume_equals_uninterrupted(
     assert [x["step"] for x in resumed] == [3, 4, 5]
     assert [x["loss"] for x in resumed] == pytest.approx([x["loss"] for x in full[2:]], rel=1e-6)
     assert resumed_summary["source"]["pairs_built"] == full_summary["source"]["pairs_built"]
+
+
+def test_the_same_folder_with_another_lambda_trains_from_the_start(
+    data_dir, zero3_run, critic_bundle, tmp_path
+) -> None:
+    """Issue 13 for HDPO: a second run into the same folder with another lambda trains all its steps (it used to
+    restore the finished run and train none), its logged losses show the new lambda, and `final/` is its own."""
+    first = run_hdpo_stage(
+        hdpo_config(data_dir, zero3_run, critic_bundle, tmp_path, "hdpo.max_steps=3", "hdpo.zero_stage=2")
+    )
+    before = lines(tmp_path)
+    second = run_hdpo_stage(
+        hdpo_config(
+            data_dir,
+            zero3_run,
+            critic_bundle,
+            tmp_path,
+            "hdpo.max_steps=3",
+            "hdpo.zero_stage=2",
+            "hdpo.reg_lambda=3.0",
+        )
+    )
+    after = lines(tmp_path)
+    assert (second["steps"], second["resumed_from_step"], [x["step"] for x in after]) == (3, 0, [1, 2, 3])
+    # Step 1 (policy = reference): same pairs, same preference loss; the regularizer's weight moved the loss.
+    assert after[0]["preference_loss"] == pytest.approx(before[0]["preference_loss"], rel=1e-5)
+    assert after[0]["loss"] - before[0]["loss"] == pytest.approx(
+        (3.0 - 0.1) * after[0]["regularizer"], rel=1e-3
+    )
+    assert first["final_model"] == second["final_model"]
+    assert (tmp_path / "previous" / "final" / "config.json").is_file()
+    assert lines(tmp_path / "previous") == before

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from polyalign_ray.distributed.stages import run_sft_stage
-from tests.ray.tiny_run import losses, sft_config
+from tests.ray.tiny_run import TINY_MODEL, losses, sft_config
 
 pytestmark = pytest.mark.ray
 
@@ -68,3 +68,50 @@ def test_critic_stage_on_sft_samples_and_score_cli(critic_bundle: Path, tmp_path
     assert main(["score", "--critic", str(critic_bundle), "--input", str(rows), "--output", str(out)]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [round(r["critic_distance"], 9) >= 0 for r in scored] == [True, True]
+
+
+def test_the_same_folder_with_another_setting_trains_from_the_start(ray_session, data_dir, tmp_path) -> None:
+    """Issue 13: Ray Train would restore a finished run found in the folder and train zero steps. A second
+    `polyalign sft` into the same folder with another learning rate trains every step from the start (the first
+    run's outputs moved to previous/). (A finished run started again with the same settings also starts over:
+    tests/unit/test_training_runs.py.)"""
+    from polyalign_ray.cli import main
+
+    def sft(lr: str) -> int:
+        args = ["sft", "--data", str(data_dir), "--output", str(tmp_path), *TINY_MODEL]
+        return main(
+            [
+                *args,
+                "sft.max_steps=5",
+                "sft.warmup_steps=1",
+                "sft.log_every=1",
+                "sft.micro_batch_size=2",
+                f"sft.lr={lr}",
+            ]
+        )
+
+    assert sft("0.003") == 0
+    fast = losses(tmp_path)
+    assert sft("0.00001") == 0
+    slow = losses(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["steps"], summary["resumed_from_step"], len(slow)) == (5, 0, 5)
+    assert slow[0] == pytest.approx(fast[0], rel=1e-5)  # same start, then the learning rates show
+    assert slow[-1] > fast[-1] + 0.03
+    assert losses(tmp_path, "lr")[-1] <= 1e-5 < losses(tmp_path / "previous", "lr")[-1]
+    assert losses(tmp_path / "previous") == fast
+
+
+def test_a_crashed_run_continues_onto_the_uninterrupted_curve(
+    ray_session, data_dir, zero3_run, tmp_path
+) -> None:
+    """The run stops for good at step 7 (no restarts allowed: like a killed driver); running the same command
+    again continues the same run from its latest checkpoint and ends on the uninterrupted curve."""
+    settings = ("sft.zero_stage=2", "sft.checkpoint_every=3", "sft.fail_at_step=7")
+    with pytest.raises(Exception):  # noqa: B017 - Ray Train's error type for a failed worker group
+        run_sft_stage(sft_config(data_dir, tmp_path, *settings, "sft.max_failures=0"))
+    assert not (tmp_path / "summary.json").exists()
+    summary = run_sft_stage(sft_config(data_dir, tmp_path, *settings))
+    assert summary["resumed_from_step"] in (3, 6)
+    assert losses(tmp_path) == pytest.approx(losses(zero3_run), rel=1e-4, abs=1e-4)
+    assert not (tmp_path / "previous").exists()

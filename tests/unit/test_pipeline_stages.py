@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import pytest
+
 from polyalign_ray.config import PIPELINE_STAGE_NAMES, load_config
+from polyalign_ray.distributed import pipeline
 from polyalign_ray.distributed.pipeline import (
     MARKER,
+    Stage,
     dpo_config,
-    fingerprint,
+    mark_stage_done,
     pipeline_stages,
     plain_sft_config,
+    run_pipeline,
+    stage_folders,
     stage_is_done,
+    why_stage_runs,
 )
 
 
@@ -40,8 +46,7 @@ def test_baseline_configs(tmp_path: Path) -> None:
 def test_a_changed_setting_reopens_only_the_stages_that_depend_on_it(tmp_path: Path) -> None:
     first = config(tmp_path)
     for stage in pipeline_stages(first):
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        (stage.folder / MARKER).write_text(json.dumps({"fingerprint": fingerprint(first, stage.sections)}))
+        mark_stage_done(stage, first, 1.0)
     assert all(stage_is_done(s, first) for s in pipeline_stages(first))
     changed = config(tmp_path, "hdpo.beta=0.2")
     reopened = [s.name for s in pipeline_stages(changed) if not stage_is_done(s, changed)]
@@ -49,3 +54,67 @@ def test_a_changed_setting_reopens_only_the_stages_that_depend_on_it(tmp_path: P
     evaluation = config(tmp_path, "eval.per_bucket=7")
     reopened = [s.name for s in pipeline_stages(evaluation) if not stage_is_done(s, evaluation)]
     assert reopened == [n for n in PIPELINE_STAGE_NAMES if n.startswith("eval_") or n == "compare"]
+
+
+def test_a_stage_that_ran_again_reopens_the_stages_that_read_its_outputs(tmp_path: Path) -> None:
+    """Like make: a new run of HDPO (redo, or a retrain) reopens its evaluation; the evaluation's new run then
+    reopens the report; nothing else is touched."""
+    first = config(tmp_path)
+    stages = pipeline_stages(first)
+    for stage in stages:
+        mark_stage_done(stage, first, 1.0)
+    mark_stage_done(next(s for s in stages if s.name == "hdpo"), first, 1.0)  # a new run_id
+    folders = stage_folders(stages, first)
+    reopened = [s.name for s in stages if not stage_is_done(s, first, folders)]
+    assert reopened == ["eval_hdpo"]
+    assert why_stage_runs(stages[-2], first, folders) == "reopened: hdpo ran again"
+    mark_stage_done(stages[-2], first, 1.0)
+    assert [s.name for s in stages if not stage_is_done(s, first, folders)] == ["compare"]
+    assert why_stage_runs(stages[-1], first, folders) == "reopened: eval_hdpo ran again"
+    mark_stage_done(next(s for s in stages if s.name == "data"), first, 1.0)
+    assert [s.name for s in stages if stage_is_done(s, first, folders)] == ["data"]
+
+
+def fake_stages(tmp_path: Path, calls: list[str], interrupt: set[str]) -> list[Stage]:
+    def run(name: str):
+        def body(fresh: bool) -> str:
+            calls.append(f"{name}{'!' if fresh else ''}")
+            (tmp_path / name / "output.txt").write_text("partial")
+            if name in interrupt:
+                raise KeyboardInterrupt
+            return name
+
+        return body
+
+    stages = []
+    for name, needs in (("data", ()), ("hdpo", ("data",)), ("eval_hdpo", ("hdpo",))):
+        (tmp_path / name).mkdir(exist_ok=True)
+        stages.append(Stage(name, name, tmp_path / name, ("data",), run(name), needs=needs))
+    return stages
+
+
+def test_an_interrupted_stage_is_never_done_and_runs_again(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C inside a stage that was done before with other settings: its old marker was withdrawn when it
+    started, so the next run does it (and the stage after it) instead of skipping them."""
+    settings = config(tmp_path)
+    calls: list[str] = []
+    monkeypatch.setattr(pipeline, "pipeline_stages", lambda c: fake_stages(tmp_path, calls, set()))
+    monkeypatch.setattr(pipeline, "stage_folders", lambda s, c: {st.name: st.folder for st in s})
+    run_pipeline(settings, echo=lambda _: None)
+    assert calls == ["data", "hdpo", "eval_hdpo"]
+    assert all((tmp_path / n / MARKER).is_file() for n in ("data", "hdpo", "eval_hdpo"))
+
+    redo = config(tmp_path, "pipeline.redo=[hdpo]")
+    monkeypatch.setattr(pipeline, "pipeline_stages", lambda c: fake_stages(tmp_path, calls, {"hdpo"}))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(redo, echo=lambda _: None)
+    assert calls[-1] == "hdpo!"  # redo asks the training stage to start over
+    assert not (tmp_path / "hdpo" / MARKER).exists()
+
+    lines: list[str] = []
+    monkeypatch.setattr(pipeline, "pipeline_stages", lambda c: fake_stages(tmp_path, calls, set()))
+    run_pipeline(settings, echo=lines.append)
+    assert calls[-2:] == ["hdpo", "eval_hdpo"]  # continued (not fresh), then its consumer reopened
+    assert "done earlier, skipped" in lines[0]
+    assert "(not done yet;" in lines[1]
+    assert "reopened: hdpo ran again" in lines[3]
