@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from polyalign_ray.evaluation.text import metric_tokens, ngrams
 
 SMOOTHING_EPSILON = 0.1
-"""Chen & Cherry's smoothing method 1: a zero clipped count becomes this, so one missing 4-gram does not zero BLEU."""
+"""Chen & Cherry's smoothing method 1: a zero clipped count of a higher order (n >= 2) becomes this, so one missing
+4-gram does not zero BLEU. Without any unigram match BLEU is 0."""
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -27,7 +28,9 @@ def bleu_from_counts(
 ) -> float:
     """BLEU from per-order n-gram counts of the hypothesis and their clipped matches: geometric mean of the smoothed
     precisions times the brevity penalty."""
-    if hypothesis_length == 0:
+    if hypothesis_length == 0 or not clipped[0]:
+        # No unigram in common: BLEU is 0 (as in NLTK and sacrebleu). Smoothing only stands in for missing
+        # higher-order matches; applied to the unigram precision it would give unrelated texts a positive score.
         return 0.0
     log_precision = 0.0
     for counts, matched in zip(hypothesis_counts, clipped, strict=True):

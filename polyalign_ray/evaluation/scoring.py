@@ -2,6 +2,13 @@
 
 The human side of the distribution metrics is the **train** split's human answers of each bucket
 (:func:`human_references`), never the test answers the predictions are compared with for utility.
+
+Every metric is computed from a **prepared run** (:func:`prepare_run`: per-item utilities, features, user-turn
+relations, and a MAUVE quantization per bucket and per group) and **item counts**: how many times each item
+enters the metric. All ones give the report's values (:func:`score_predictions`); multinomial counts give a
+bootstrap replicate (``intervals``). One code path for both, so an interval is always around the reported value's
+own definition. Set metrics (distinct-n, Self-BLEU) are computed once on the items as they are: resampling with
+replacement would repeat answers and make them look less diverse.
 """
 
 from __future__ import annotations
@@ -14,16 +21,14 @@ from typing import Any
 import numpy as np
 
 from polyalign_ray.evaluation.distribution import (
-    bucket_naturalness_gap,
     human_band,
-    human_coverage_rate,
-    turn_dynamics_match,
+    robust_scale,
     turn_relations,
 )
 from polyalign_ray.evaluation.diversity import distinct_n, self_bleu
 from polyalign_ray.evaluation.embeddings import cosine_rows, hashed_ngram_embeddings
-from polyalign_ray.evaluation.frontier import aggregate_score, hypervolume_2d, naturalness
-from polyalign_ray.evaluation.mauve import mauve
+from polyalign_ray.evaluation.frontier import hypervolume_2d
+from polyalign_ray.evaluation.mauve import Quantization, matched_human_sample, mauve_from_histograms, quantize
 from polyalign_ray.evaluation.text import metric_tokens
 from polyalign_ray.evaluation.utility import exact_match, rouge_l_f1, token_f1
 from polyalign_ray.features import features_matrix
@@ -39,6 +44,8 @@ class ScoringSettings:
     scale_floor: float = 0.05
     self_bleu_sample: int = 200
     mauve_scaling: float = 5.0
+    mauve_human_ratio: float = 5.0
+    """Global MAUVE: at most this many human answers per model answer, in the model side's bucket mix."""
     seed: int = 0
 
 
@@ -109,92 +116,322 @@ def human_references(
     return out
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and not np.isnan(v)]
-    return float(np.mean(kept)) if kept else None
+ITEM_METRICS = ("em", "f1", "rouge_l")
+SET_METRICS = ("distinct_1", "distinct_2", "distinct_3", "self_bleu4")
+"""Metrics of a set of answers as a whole: computed on the items as they are, never on a resample."""
+AGGREGATE_FLOOR = 1e-6
 
 
-def score_bucket(
+@dataclasses.dataclass(frozen=True)
+class WassersteinPlan:
+    """W1 between a reweighted model sample and a fixed human sample, for every column, scaled by the human robust
+    scale: the model's empirical CDF on the merged grid is ``counts @ below / n``, so a batch of resamples of the
+    same answers costs one matrix product per column."""
+
+    below: tuple[np.ndarray, ...]
+    """Per column: (n_model, grid - 1) indicator of model value <= grid point."""
+    human_cdf: tuple[np.ndarray, ...]
+    widths: tuple[np.ndarray, ...]
+    scale: np.ndarray
+
+    @classmethod
+    def build(cls, model: np.ndarray, human: np.ndarray, scale_floor: float) -> WassersteinPlan:
+        below, human_cdf, widths = [], [], []
+        for column in range(human.shape[1]):
+            grid = np.unique(np.concatenate([model[:, column], human[:, column]]))
+            points = grid[:-1]
+            below.append((model[:, column][:, None] <= points[None, :]).astype(np.float64))
+            human_sorted = np.sort(human[:, column])
+            human_cdf.append(np.searchsorted(human_sorted, points, side="right") / human_sorted.size)
+            widths.append(np.diff(grid))
+        return cls(tuple(below), tuple(human_cdf), tuple(widths), robust_scale(human, scale_floor))
+
+    def scaled_distances(self, counts: np.ndarray) -> np.ndarray:
+        """(B, columns): W1 of each column / the human scale, for counts (B, n_model)."""
+        total = counts.sum(1, keepdims=True)
+        columns = [
+            np.abs(counts @ below / total - cdf) @ widths
+            for below, cdf, widths in zip(self.below, self.human_cdf, self.widths, strict=True)
+        ]
+        return np.stack(columns, axis=1) / self.scale[None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedBucket:
+    """One bucket's items of a run, ready to be scored under any item counts."""
+
+    bucket: str
+    positions: np.ndarray
+    """Positions of the bucket's items in the run's item list."""
+    bng: WassersteinPlan | None
+    """None: too few items or no human reference (no distribution metric for this bucket)."""
+    inside_share: np.ndarray | None
+    mauve: Quantization | None
+    human_histogram: np.ndarray | None
+    tdm: WassersteinPlan | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedGroup:
+    """A group of items (all, a language, a track, a bucket): its buckets, its MAUVE quantization and the values of
+    its set metrics."""
+
+    buckets: tuple[str, ...]
+    mauve: Quantization | None
+    human_histogram: np.ndarray | None
+    set_values: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """Everything the metrics of one run's predictions need, computed once."""
+
+    utilities: np.ndarray
+    """(n, 3): EM, F1, ROUGE-L per item."""
+    lengths: np.ndarray
+    buckets: dict[str, PreparedBucket]
+    groups: dict[str, dict[str, PreparedGroup]]
+    """``overall`` / ``by_language`` / ``by_track`` / ``by_bucket`` -> key -> group (``overall`` has key ``all``)."""
+    settings: ScoringSettings
+
+
+def item_utilities(records: Sequence[Mapping[str, Any]], predictions: Sequence[str]) -> np.ndarray:
+    return np.asarray(
+        [
+            (exact_match(p, r["response"]), token_f1(p, r["response"]), rouge_l_f1(p, r["response"]))
+            for r, p in zip(records, predictions, strict=True)
+        ],
+        dtype=np.float64,
+    ).reshape(len(records), 3)
+
+
+def group_indices(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    """Item positions per group kind and key, in a stable order."""
+    groups: dict[str, dict[str, list[int]]] = {
+        "overall": {"all": list(range(len(records)))},
+        "by_language": defaultdict(list),
+        "by_track": defaultdict(list),
+        "by_bucket": defaultdict(list),
+    }
+    for i, record in enumerate(records):
+        groups["by_language"][record["language"]].append(i)
+        groups["by_track"][record["track"]].append(i)
+        groups["by_bucket"][record["bucket_id"]].append(i)
+    return {kind: dict(sorted(keys.items())) for kind, keys in groups.items()}
+
+
+def prepare_bucket(
+    bucket: str,
+    positions: list[int],
     records: Sequence[Mapping[str, Any]],
     predictions: Sequence[str],
-    pred_features: np.ndarray,
-    pred_embeddings: np.ndarray,
+    features: np.ndarray,
+    embeddings: np.ndarray,
     human: BucketHuman | None,
     settings: ScoringSettings,
-) -> dict[str, float | None]:
-    """Distribution metrics of one bucket (null when the bucket has too few predictions or no human reference)."""
-    if human is None or len(predictions) < settings.min_bucket_items:
-        return {"bng": None, "hcr": None, "c_mauve": None, "tdm": None}
-    bng = bucket_naturalness_gap(
-        pred_features, human.features, cap=settings.bng_cap, scale_floor=settings.scale_floor
-    )
+) -> PreparedBucket:
+    index = np.asarray(positions)
+    if human is None or len(positions) < settings.min_bucket_items:
+        return PreparedBucket(bucket, index, None, None, None, None, None)
+    model = features[index]
+    quantization = quantize(embeddings[index], human.embeddings, seed=settings.seed)
     tdm = None
     if human.relations is not None:
-        tdm = turn_dynamics_match(
-            relations_of(records, predictions), human.relations, scale_floor=settings.scale_floor
-        )
-    return {
-        "bng": bng,
-        "hcr": human_coverage_rate(pred_features, human.low, human.high),
-        "c_mauve": mauve(
-            pred_embeddings, human.embeddings, scaling=settings.mauve_scaling, seed=settings.seed
-        ),
-        "tdm": tdm,
-    }
+        relations = relations_of([records[i] for i in positions], [predictions[i] for i in positions])
+        tdm = WassersteinPlan.build(relations, human.relations, settings.scale_floor)
+    return PreparedBucket(
+        bucket=bucket,
+        positions=index,
+        bng=WassersteinPlan.build(model, human.features, settings.scale_floor),
+        inside_share=((model >= human.low) & (model <= human.high)).mean(1),
+        mauve=quantization,
+        human_histogram=quantization.human_histogram(),
+        tdm=tdm,
+    )
 
 
-def score_group(
-    indices: Sequence[int],
+def prepare_group(
+    positions: list[int],
     records: Sequence[Mapping[str, Any]],
     predictions: Sequence[str],
-    utilities: np.ndarray,
-    bucket_scores: Mapping[str, Mapping[str, float | None]],
-    pred_embeddings: np.ndarray,
+    embeddings: np.ndarray,
     human: Mapping[str, BucketHuman],
     settings: ScoringSettings,
-) -> dict[str, Any]:
-    """Metrics of a group of items (all, a language, a track, a bucket): utility and diversity over its items;
-    BNG, HCR, C-MAUVE, TDM as macro means over its buckets; MAUVE over all its items against all its buckets'
-    human answers; the NUF hypervolume of its buckets' (F1, naturalness) points; the aggregate."""
-    texts = [predictions[i] for i in indices]
-    buckets = sorted({records[i]["bucket_id"] for i in indices})
-    scored = [bucket_scores[b] for b in buckets]
-    points = []
-    for b in buckets:
-        s = bucket_scores[b]
-        if s["bng"] is not None:
-            f1 = float(np.mean([utilities[i, 1] for i in indices if records[i]["bucket_id"] == b]))
-            points.append((f1, naturalness(s["bng"], s["c_mauve"])))
-    human_rows = [human[b].embeddings for b in buckets if b in human]
-    global_mauve = None
-    if human_rows and len(indices) >= settings.min_bucket_items:
-        global_mauve = mauve(
-            pred_embeddings[list(indices)],
-            np.concatenate(human_rows),
-            scaling=settings.mauve_scaling,
-            seed=settings.seed,
-        )
-    out: dict[str, Any] = {
-        "n": len(indices),
-        "buckets": len(buckets),
-        "em": float(utilities[list(indices), 0].mean()),
-        "f1": float(utilities[list(indices), 1].mean()),
-        "rouge_l": float(utilities[list(indices), 2].mean()),
+) -> PreparedGroup:
+    """The group's buckets, set metrics and, for groups of several buckets, the global MAUVE quantization: the
+    group's answers against human answers drawn in the same bucket mix (``matched_human_sample``)."""
+    texts = [predictions[i] for i in positions]
+    buckets = tuple(sorted({records[i]["bucket_id"] for i in positions}))
+    set_values = {
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         "distinct_3": distinct_n(texts, 3),
         "self_bleu4": self_bleu(texts, sample_size=settings.self_bleu_sample, seed=settings.seed),
-        "bng": _mean([s["bng"] for s in scored]),
-        "hcr": _mean([s["hcr"] for s in scored]),
-        "c_mauve": _mean([s["c_mauve"] for s in scored]),
-        "mauve": global_mauve,
-        "tdm": _mean([s["tdm"] for s in scored]),
-        "nuf_hypervolume": hypervolume_2d(points) if points else None,
-        "mean_length_tokens": float(np.mean([len(metric_tokens(t)) for t in texts])) if texts else 0.0,
     }
-    parts = (out["f1"], out["bng"], out["mauve"], out["nuf_hypervolume"])
-    out["aggregate"] = aggregate_score(*parts) if all(p is not None for p in parts) else None
+    quantization, histogram = None, None
+    if len(buckets) > 1 and len(positions) >= settings.min_bucket_items:
+        in_group = [records[i]["bucket_id"] for i in positions]
+        sample = matched_human_sample(
+            {b: in_group.count(b) for b in buckets},
+            {b: human[b].embeddings.shape[0] for b in buckets if b in human},
+            max_ratio=settings.mauve_human_ratio,
+            seed=settings.seed,
+        )
+        if sample:
+            human_rows = np.concatenate([human[b].embeddings[rows] for b, rows in sample.items()])
+            quantization = quantize(embeddings[list(positions)], human_rows, seed=settings.seed)
+            histogram = quantization.human_histogram()
+    return PreparedGroup(buckets, quantization, histogram, set_values)
+
+
+def prepare_run(
+    records: Sequence[Mapping[str, Any]],
+    predictions: Sequence[str],
+    human: Mapping[str, BucketHuman],
+    settings: ScoringSettings = ScoringSettings(),
+) -> PreparedRun:
+    """Features, embeddings, quantizations and set metrics of ``predictions[i]`` answering ``records[i]``."""
+    if len(records) != len(predictions):
+        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
+    features = features_matrix(list(predictions))
+    embeddings = hashed_ngram_embeddings(list(predictions))
+    indices = group_indices(records)
+    buckets = {
+        bucket: prepare_bucket(
+            bucket, positions, records, predictions, features, embeddings, human.get(bucket), settings
+        )
+        for bucket, positions in indices["by_bucket"].items()
+    }
+    groups = {
+        kind: {
+            key: prepare_group(positions, records, predictions, embeddings, human, settings)
+            for key, positions in keys.items()
+        }
+        for kind, keys in indices.items()
+    }
+    return PreparedRun(
+        utilities=item_utilities(records, predictions),
+        lengths=np.asarray([len(metric_tokens(p)) for p in predictions], dtype=np.float64),
+        buckets=buckets,
+        groups=groups,
+        settings=settings,
+    )
+
+
+def unit_counts(run: PreparedRun) -> dict[str, np.ndarray]:
+    """Every item once: the counts of the report's own values (one 'replicate')."""
+    return {b: np.ones((1, p.positions.size)) for b, p in run.buckets.items()}
+
+
+def bucket_values(
+    run: PreparedRun, bucket: PreparedBucket, counts: np.ndarray
+) -> dict[str, np.ndarray | None]:
+    """A bucket's BNG, HCR, C-MAUVE and TDM, each (B,), under item counts (B, n_b); None when not scored."""
+    if bucket.bng is None:
+        return {"bng": None, "hcr": None, "c_mauve": None, "tdm": None}
+    settings = run.settings
+    bng = np.minimum(bucket.bng.scaled_distances(counts), settings.bng_cap).mean(1)
+    hcr = counts @ bucket.inside_share / counts.sum(1)
+    c_mauve = np.atleast_1d(
+        mauve_from_histograms(
+            bucket.mauve.model_histogram(counts), bucket.human_histogram, scaling=settings.mauve_scaling
+        )
+    )
+    tdm = None
+    if bucket.tdm is not None:
+        tdm = (1 / (1 + bucket.tdm.scaled_distances(counts))).mean(1)
+    return {"bng": bng, "hcr": hcr, "c_mauve": c_mauve, "tdm": tdm}
+
+
+def macro_mean(values: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    present = [v for v in values if v is not None]
+    return np.mean(np.stack(present), axis=0) if present else None
+
+
+def hypervolumes(f1: np.ndarray, naturalness_values: np.ndarray) -> np.ndarray:
+    """NUF hypervolume per replicate of the points (F1_b, naturalness_b), arrays (B, buckets)."""
+    return np.asarray(
+        [
+            hypervolume_2d(list(zip(u.tolist(), n.tolist(), strict=True)))
+            for u, n in zip(f1, naturalness_values, strict=True)
+        ]
+    )
+
+
+def aggregate_values(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Geometric mean of utility, 1 / (1 + BNG), MAUVE and NUF per replicate (``frontier.aggregate_score``)."""
+    f1, bng, mauve_value, nuf = parts
+    stacked = np.stack([f1, 1 / (1 + bng), mauve_value, nuf])
+    return np.exp(np.log(np.maximum(stacked, AGGREGATE_FLOOR)).mean(0))
+
+
+def group_values(
+    run: PreparedRun,
+    group: PreparedGroup,
+    bucket_scores: Mapping[str, Mapping[str, np.ndarray | None]],
+    counts: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """Every metric of a group under item counts: arrays (B,) (None where not defined) and the set metrics."""
+    members = [run.buckets[b] for b in group.buckets]
+    weights = [counts[b.bucket] for b in members]
+    total = sum(w.sum(1) for w in weights)
+    out: dict[str, Any] = {"n": int(sum(b.positions.size for b in members)), "buckets": len(members)}
+    for column, name in enumerate(ITEM_METRICS):
+        out[name] = (
+            sum(w @ run.utilities[b.positions, column] for b, w in zip(members, weights, strict=True)) / total
+        )
+    out["mean_length_tokens"] = (
+        sum(w @ run.lengths[b.positions] for b, w in zip(members, weights, strict=True)) / total
+    )
+    for name in ("bng", "hcr", "c_mauve", "tdm"):
+        out[name] = macro_mean([bucket_scores[b][name] for b in group.buckets])
+    if len(members) == 1:
+        out["mauve"] = out["c_mauve"]  # one bucket: the global MAUVE is its C-MAUVE
+    elif group.mauve is not None:
+        stacked = np.concatenate(weights, axis=1)
+        out["mauve"] = np.atleast_1d(
+            mauve_from_histograms(
+                group.mauve.model_histogram(stacked),
+                group.human_histogram,
+                scaling=run.settings.mauve_scaling,
+            )
+        )
+    else:
+        out["mauve"] = None
+    scored = [b for b in members if bucket_scores[b.bucket]["bng"] is not None]
+    if scored:
+        f1 = np.stack(
+            [counts[b.bucket] @ run.utilities[b.positions, 1] / counts[b.bucket].sum(1) for b in scored], 1
+        )
+        natural = np.stack(
+            [
+                0.5 / (1 + bucket_scores[b.bucket]["bng"]) + 0.5 * bucket_scores[b.bucket]["c_mauve"]
+                for b in scored
+            ],
+            1,
+        )
+        out["nuf_hypervolume"] = hypervolumes(f1, natural)
+    else:
+        out["nuf_hypervolume"] = None
+    parts = [out["f1"], out["bng"], out["mauve"], out["nuf_hypervolume"]]
+    out["aggregate"] = aggregate_values(parts) if all(p is not None for p in parts) else None
+    out.update(group.set_values)
     return out
+
+
+def run_values(run: PreparedRun, counts: Mapping[str, np.ndarray]) -> dict[str, dict[str, dict[str, Any]]]:
+    """kind -> key -> metric -> values (B,) under item counts per bucket (B, n_b); set metrics as floats."""
+    bucket_scores = {b: bucket_values(run, prepared, counts[b]) for b, prepared in run.buckets.items()}
+    return {
+        kind: {key: group_values(run, group, bucket_scores, counts) for key, group in keys.items()}
+        for kind, keys in run.groups.items()
+    }
+
+
+def _as_float(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return float(value[0])
+    return value
 
 
 def score_predictions(
@@ -205,50 +442,15 @@ def score_predictions(
 ) -> dict[str, Any]:
     """Every metric, overall / per language / per track / per bucket, of ``predictions[i]`` answering
     ``records[i]`` (whose ``response`` is the human answer used for utility)."""
-    if len(records) != len(predictions):
-        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
-    utilities = np.asarray(
-        [
-            (exact_match(p, r["response"]), token_f1(p, r["response"]), rouge_l_f1(p, r["response"]))
-            for r, p in zip(records, predictions, strict=True)
-        ],
-        dtype=np.float64,
-    ).reshape(len(records), 3)
-    pred_features = features_matrix(list(predictions))
-    pred_embeddings = hashed_ngram_embeddings(list(predictions))
-    groups: dict[str, dict[str, list[int]]] = {
-        "language": defaultdict(list),
-        "track": defaultdict(list),
-        "bucket": defaultdict(list),
+    run = prepare_run(records, predictions, human, settings)
+    values = run_values(run, unit_counts(run))
+    report: dict[str, Any] = {
+        kind: {key: {m: _as_float(v) for m, v in metrics.items()} for key, metrics in keys.items()}
+        for kind, keys in values.items()
     }
-    for i, record in enumerate(records):
-        groups["language"][record["language"]].append(i)
-        groups["track"][record["track"]].append(i)
-        groups["bucket"][record["bucket_id"]].append(i)
-    bucket_scores = {
-        b: score_bucket(
-            [records[i] for i in idx],
-            [predictions[i] for i in idx],
-            pred_features[idx],
-            pred_embeddings[idx],
-            human.get(b),
-            settings,
-        )
-        for b, idx in groups["bucket"].items()
-    }
-
-    def group(indices: Sequence[int]) -> dict[str, Any]:
-        return score_group(
-            indices, records, predictions, utilities, bucket_scores, pred_embeddings, human, settings
-        )
-
-    return {
-        "overall": group(range(len(records))),
-        "by_language": {k: group(v) for k, v in sorted(groups["language"].items())},
-        "by_track": {k: group(v) for k, v in sorted(groups["track"].items())},
-        "by_bucket": {k: group(v) for k, v in sorted(groups["bucket"].items())},
-        "items": [
-            {"id": r["id"], "bucket_id": r["bucket_id"], "em": u[0], "f1": u[1], "rouge_l": u[2]}
-            for r, u in zip(records, utilities.tolist(), strict=True)
-        ],
-    }
+    report["overall"] = report["overall"]["all"]
+    report["items"] = [
+        {"id": r["id"], "bucket_id": r["bucket_id"], "em": u[0], "f1": u[1], "rouge_l": u[2]}
+        for r, u in zip(records, run.utilities.tolist(), strict=True)
+    ]
+    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -18,7 +19,14 @@ from polyalign_ray.evaluation.distribution import (
 from polyalign_ray.evaluation.diversity import distinct_n, self_bleu, sentence_bleu
 from polyalign_ray.evaluation.embeddings import hashed_ngram_embeddings
 from polyalign_ray.evaluation.frontier import aggregate_score, hypervolume_2d, naturalness
-from polyalign_ray.evaluation.mauve import mauve, mauve_from_histograms
+from polyalign_ray.evaluation.mauve import (
+    default_num_clusters,
+    matched_human_sample,
+    mauve,
+    mauve_from_histograms,
+    quantize,
+)
+from polyalign_ray.evaluation.scoring import WassersteinPlan
 from polyalign_ray.evaluation.text import metric_tokens
 from polyalign_ray.evaluation.utility import exact_match, longest_common_subsequence, rouge_l_f1, token_f1
 
@@ -62,6 +70,12 @@ def test_bleu_and_self_bleu() -> None:
     # unigram precision 1/1 but every higher order is empty: smoothed epsilon each, and a brevity penalty
     short = sentence_bleu(["fox"], [["fox", "jumps"]])
     assert short == pytest.approx(math.exp(1 - 2 / 1) * math.exp((math.log(1) + 3 * math.log(0.1)) / 4))
+    # No unigram in common: 0, as in NLTK and sacrebleu (smoothing used to give (0.1/2 * (0.1/1)^3)^(1/4) = 0.047)
+    assert sentence_bleu(["red", "car"], [["blue", "sky"]]) == 0.0
+    assert self_bleu(["red car", "blue sky"]) == 0.0
+    # one of two unigrams matches; the one bigram does not; orders 3 and 4 have no n-gram (total 0 counts as 1):
+    # p = (1/2, 0.1/1, 0.1/1, 0.1/1), equal lengths so BP = 1
+    assert sentence_bleu(["red", "car"], [["red", "sky"]]) == pytest.approx((0.5 * 0.1**3) ** 0.25)
     assert self_bleu(
         ["same words here today", "same words here today", "same words here today"]
     ) == pytest.approx(1.0)
@@ -125,6 +139,70 @@ def test_mauve_on_embeddings() -> None:
     same_distribution = mauve(a[:150], a[150:])
     other = mauve(rng.normal(size=(150, 8)) - 3, a[150:])
     assert same_distribution > 0.8 > other
+
+
+def test_mauve_cluster_count_follows_mauve_text() -> None:
+    """k = max(2, round(min(n_model, n_human) / 10)) (mauve-text's 'auto'), not (n_model + n_human) / 10."""
+    assert default_num_clusters(20, 500) == 2
+    assert default_num_clusters(300, 3000) == 30
+    assert default_num_clusters(14, 500) == 2
+    assert default_num_clusters(36, 40) == 4
+    rng = np.random.default_rng(1)
+    quantization = quantize(rng.normal(size=(40, 6)), rng.normal(size=(400, 6)))
+    assert quantization.num_clusters == 4
+    assert quantization.model_histogram().sum() == 40 and quantization.human_histogram().sum() == 400
+
+
+def test_mauve_is_near_one_for_one_distribution_and_falls_as_it_shifts() -> None:
+    """Features whose answer is known: two samples of one Gaussian score near 1 (the former cluster rule gave
+    ~0.90 here), and shifting one sample further and further lowers MAUVE step by step."""
+    rng = np.random.default_rng(0)
+    human = rng.normal(size=(500, 8))
+    model = rng.normal(size=(500, 8))
+    assert mauve(model, human) > 0.93
+    shifted = [mauve(model + shift, human) for shift in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    assert all(a > b for a, b in itertools.pairwise(shifted)), shifted
+    assert shifted[-1] < 0.05
+    # a batch of histograms gives the same values as one at a time
+    p, q = np.array([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), np.array([1.0, 2.0, 1.0])
+    batch = mauve_from_histograms(p, q)
+    assert batch == pytest.approx([mauve_from_histograms(p[0], q), mauve_from_histograms(p[1], q)])
+
+
+def test_global_mauve_human_side_has_the_model_bucket_mix() -> None:
+    """Bucket a has 10 human answers per model answer, bucket b 2: the human side takes ratio 2 in both, so its
+    mix (2 x 5 : 2 x 20) is the model's (5 : 20)."""
+    sample = matched_human_sample({"a": 5, "b": 20}, {"a": 50, "b": 40}, max_ratio=5.0)
+    assert {b: len(rows) for b, rows in sample.items()} == {"a": 10, "b": 40}
+    assert len(set(sample["a"].tolist())) == 10 and max(sample["a"]) < 50
+    assert {b: len(r) for b, r in matched_human_sample({"a": 4}, {"a": 400}, max_ratio=5.0).items()} == {
+        "a": 20
+    }
+    assert matched_human_sample({"a": 4}, {}) == {}
+    # Two well separated buckets, the model side answering like the humans of each: pooling every human answer
+    # (mix 1:10) reads as a distribution gap; the matched mix does not.
+    rng = np.random.default_rng(0)
+    centers = {"a": np.full(8, 4.0), "b": np.full(8, -4.0)}
+    human = {b: rng.normal(size=(n, 8)) + centers[b] for b, n in (("a", 60), ("b", 600))}
+    model = np.concatenate([rng.normal(size=(50, 8)) + centers[b] for b in ("a", "b")])
+    pooled = mauve(model, np.concatenate([human["a"], human["b"]]))
+    matched = matched_human_sample({"a": 50, "b": 50}, {"a": 60, "b": 600})
+    balanced = mauve(model, np.concatenate([human[b][rows] for b, rows in matched.items()]))
+    assert balanced > 0.9 and balanced > pooled + 0.2
+
+
+def test_resampled_wasserstein_equals_the_direct_one_on_repeated_items() -> None:
+    """Counts (2, 0, 1) over the model answers x0, x1, x2 are the sample (x0, x0, x2)."""
+    rng = np.random.default_rng(0)
+    model, human = rng.normal(size=(3, 4)), rng.normal(size=(25, 4)) + 0.5
+    plan = WassersteinPlan.build(model, human, scale_floor=0.05)
+    counts = np.array([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    got = plan.scaled_distances(counts)
+    scale = robust_scale(human)
+    repeated = model[[0, 0, 2]]
+    for f in range(4):
+        assert got[0, f] == pytest.approx(wasserstein_1d(repeated[:, f], human[:, f]) / scale[f])
+        assert got[1, f] == pytest.approx(wasserstein_1d(model[:, f], human[:, f]) / scale[f])
 
 
 def test_hashed_embeddings_are_deterministic_and_bilingual() -> None:
