@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from polyalign_ray.config import ConfigError, PolyAlignConfig, load_config
 from polyalign_ray.corpus.readers import InputError
@@ -102,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="several evaluated runs side by side: report.md with tables and plots"
     )
     compare.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run names under eval.output_dir, or their folders"
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run names under eval.output_dir (with pipeline.seeds: under every seed's folder), evaluation folders, "
+        "or NAME=DIR1,DIR2 (one run's seeds)",
     )
     compare.add_argument("--data", help="data directory (data.output_dir)")
     compare.add_argument("--output", help="evaluation directory (eval.output_dir)")
@@ -119,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipeline = sub.add_parser("pipeline", help="the whole chain; with no arguments, the embedded default")
     pipeline.add_argument("--output", help="run directory (default runs/demo)")
+    pipeline.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="train and evaluate every model with seeds 0..N-1 (pipeline.seeds); the report then has intervals "
+        "over seeds and test items",
+    )
     _add_common(pipeline)
 
     sweep = sub.add_parser(
@@ -180,10 +192,45 @@ def _add_job_address(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> PolyAlignConfig:
+def _config(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()) -> PolyAlignConfig:
+    """Flags first (typed values, taken as they are), then the dotted ``KEY=VALUE`` overrides (parsed as YAML)."""
     config = load_config(args.config, [*extra, *args.overrides])
     apply_environment_defaults(config)
     return config
+
+
+FLAG_KEYS = {
+    "prepare": {"output": "data.output_dir", "source": "data.source"},
+    "references": {"data": "data.output_dir"},
+    "sft": {"data": "data.output_dir", "output": "sft.output_dir"},
+    "critic": {"data": "data.output_dir", "output": "critic.output_dir"},
+    "hdpo": {"data": "data.output_dir", "output": "hdpo.output_dir", "mode": "hdpo.mode"},
+    "eval": {"data": "data.output_dir", "output": "eval.output_dir"},
+    "compare": {"data": "data.output_dir", "output": "eval.output_dir"},
+    "sweep": {"output": "sweep.output_dir"},
+}
+"""Which config key each command's flag sets."""
+PIPELINE_FOLDERS = ("data", "sft", "critic", "hdpo", "eval")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The command's flags as typed (key, value) overrides: a path stays the string it is (``runs/exp #2``,
+    ``off``, ``null``, ``2024``), where a ``KEY=VALUE`` string would be parsed as YAML."""
+    out = [
+        (key, getattr(args, flag))
+        for flag, key in FLAG_KEYS.get(args.command, {}).items()
+        if getattr(args, flag)
+    ]
+    if args.command == "prepare" and args.input:
+        out.append(("data.inputs", list(args.input)))
+    if args.command == "pipeline":
+        if args.output:
+            out += [(f"{s}.output_dir", os.path.join(args.output, s)) for s in PIPELINE_FOLDERS]
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError([f"--seeds must be >= 1, got {args.seeds}"])
+            out.append(("pipeline.seeds", list(range(args.seeds))))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,60 +241,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        if args.command == "prepare":
-            extra = []
-            if args.input:
-                extra.append(f"data.inputs={json.dumps(args.input)}")
-            if args.output:
-                extra.append(f"data.output_dir={args.output}")
-            if args.source:
-                extra.append(f"data.source={args.source}")
-            config = _config(args, extra)
-            return _run_prepare(config, args.engine)
-        if args.command == "references":
-            config = _config(args, [f"data.output_dir={args.data}"] if args.data else [])
-            return _run_references(config)
-        if args.command == "sft":
-            extra = [f"data.output_dir={args.data}"] if args.data else []
-            extra += [f"sft.output_dir={args.output}"] if args.output else []
-            return _run_sft(_config(args, extra), args.resume_from)
-        if args.command == "critic":
-            extra = [f"data.output_dir={args.data}"] if args.data else []
-            extra += [f"critic.output_dir={args.output}"] if args.output else []
-            return _run_critic(_config(args, extra))
-        if args.command == "hdpo":
-            extra = [f"data.output_dir={args.data}"] if args.data else []
-            extra += [f"hdpo.output_dir={args.output}"] if args.output else []
-            extra += [f"hdpo.mode={args.mode}"] if args.mode else []
-            return _run_hdpo(_config(args, extra), args.resume_from)
-        if args.command in ("eval", "compare"):
-            extra = [f"data.output_dir={args.data}"] if args.data else []
-            extra += [f"eval.output_dir={args.output}"] if args.output else []
-            config = _config(args, extra)
-            if args.command == "eval":
-                name = args.name or Path(args.model).resolve().parent.name or "model"
-                return _run_eval(config, args.model, name)
-            return _run_compare(config, args.runs)
-        if args.command == "score":
-            return _run_score(_config(args), args.critic, args.input, args.output)
-        if args.command == "pipeline":
-            stages = ("data", "sft", "critic", "hdpo", "eval")
-            extra = [f"{s}.output_dir={os.path.join(args.output, s)}" for s in stages] if args.output else []
-            config = _config(args, extra)
-            return _run_pipeline(config)
-        if args.command == "sweep":
-            config = _config(args, [f"sweep.output_dir={args.output}"] if args.output else [])
-            return _run_sweep(config)
         if args.command == "submit":
             return _run_submit(args)
         if args.command == "job":
             return _run_job(args)
+        config = _config(args, flag_overrides(args))
+        if args.command == "prepare":
+            return _run_prepare(config, args.engine)
+        if args.command == "references":
+            return _run_references(config)
+        if args.command == "sft":
+            return _run_sft(config, args.resume_from)
+        if args.command == "critic":
+            return _run_critic(config)
+        if args.command == "hdpo":
+            return _run_hdpo(config, args.resume_from)
+        if args.command == "eval":
+            name = args.name or Path(args.model).resolve().parent.name or "model"
+            return _run_eval(config, args.model, name)
+        if args.command == "compare":
+            return _run_compare(config, args.runs)
+        if args.command == "score":
+            return _run_score(config, args.critic, args.input, args.output)
+        if args.command == "pipeline":
+            return _run_pipeline(config)
+        if args.command == "sweep":
+            return _run_sweep(config)
         if args.command == "config":
             import yaml
 
             from polyalign_ray.config import config_to_dict
 
-            print(yaml.safe_dump(config_to_dict(_config(args)), sort_keys=False, allow_unicode=True), end="")
+            print(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), end="")
             return 0
     except KeyboardInterrupt:
         print(interrupted_message(args.command), file=sys.stderr)
@@ -500,38 +525,74 @@ def pipeline_summary(config: PolyAlignConfig, results: dict) -> str:
         "Pipeline finished in {:.0f} s; stage times (s): {}".format(results["wall_s"], results["timings"]),
     ]
     lines.append(f"Records, quarantine, manifest, references, bucket table: {config.data.output_dir}/")
-    sft = _summary_file(config.sft.output_dir)
-    if sft:
+    if not config.pipeline.seeds:
+        sft = _summary_file(config.sft.output_dir)
+        if sft:
+            lines.append(
+                f"Bucket-Aware SFT: {sft['steps']} steps, loss {sft['first_loss']:.3f} -> "
+                f"{sft['final_loss']:.3f}; model in {sft['final_model']}"
+            )
+        critic = _summary_file(config.critic.output_dir)
+        if critic:
+            lines.append(
+                f"Critic: held-out Spearman {critic['heldout_spearman']:.3f}, human<SFT ranking accuracy "
+                f"{critic['heldout_ranking_accuracy_human_below_model']:.3f}; bundle in {config.critic.output_dir}/"
+            )
+        hdpo = _summary_file(config.hdpo.output_dir)
+        if hdpo:
+            lines.append(hdpo_line(hdpo, config.hdpo.output_dir))
+    else:
+        from polyalign_ray.distributed.pipeline import seed_root
+
         lines.append(
-            f"Bucket-Aware SFT: {sft['steps']} steps, loss {sft['first_loss']:.3f} -> {sft['final_loss']:.3f}; "
-            f"model in {sft['final_model']}"
+            f"Per seed (models, metrics, evaluations): {seed_root(config, config.pipeline.seeds[0]).parent}/"
         )
-    critic = _summary_file(config.critic.output_dir)
-    if critic:
-        lines.append(
-            f"Critic: held-out Spearman {critic['heldout_spearman']:.3f}, human<SFT ranking accuracy "
-            f"{critic['heldout_ranking_accuracy_human_below_model']:.3f}; bundle in {config.critic.output_dir}/"
-        )
-    hdpo = _summary_file(config.hdpo.output_dir)
-    if hdpo:
-        lines.append(hdpo_line(hdpo, config.hdpo.output_dir))
     report = Path(config.eval.output_dir) / "report"
-    comparison = report / "comparison.json"
-    if comparison.is_file():
-        runs = json.loads(comparison.read_text(encoding="utf-8"))
+    comparison_path = report / "comparison.json"
+    if comparison_path.is_file():
+        lines += ["", *comparison_headline(json.loads(comparison_path.read_text(encoding="utf-8")))]
         lines += [
             "",
-            "| run | F1 | BNG (lower better) | HCR | C-MAUVE | MAUVE | aggregate |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, row in runs.items():
-            values = [row.get(k) for k in ("f1", "bng", "hcr", "c_mauve", "mauve", "aggregate")]
-            lines.append(f"| {name} | " + " | ".join(_num(v) for v in values) + " |")
-        lines += [
-            "",
-            f"Comparison report (tables per language, track and bucket; plots): {report / 'report.md'}",
+            f"Comparison report (claims with intervals, tables per language, track and bucket; plots): "
+            f"{report / 'report.md'}",
         ]
     return "\n".join(lines)
+
+
+HEADLINE_METRICS = ("f1", "bng", "hcr", "c_mauve", "mauve", "aggregate")
+
+
+def comparison_headline(comparison: dict) -> list[str]:
+    """The headline table (mean ± half-width of the 95% interval) and one line per claim."""
+    seeds = comparison["seeds"]
+    over = "seeds and test items" if seeds > 1 else "test items only (one seed)"
+    lines = [
+        f"Mean ± 95% interval half-width, {seeds} seed(s), intervals over {over}:",
+        "",
+        "| run | F1 | BNG (lower better) | HCR | C-MAUVE | MAUVE | aggregate |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in comparison["runs"]:
+        overall = comparison["estimates"][name]["overall"]["all"]
+        cells = []
+        for metric in HEADLINE_METRICS:
+            entry = overall.get(metric)
+            if not entry:
+                cells.append("n/a")
+            elif entry.get("half_width") is None:
+                cells.append(f"{entry['mean']:.3f}")
+            else:
+                cells.append(f"{entry['mean']:.3f} ± {entry['half_width']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label, claim in comparison.get("differences", {}).items():
+        overall = claim["groups"]["overall"]["all"]
+        said = []
+        for metric in ("f1", "bng", "c_mauve", "aggregate"):
+            entry = overall.get(metric)
+            if entry:
+                said.append(f"{metric} {entry['mean']:+.3f} ({entry['verdict']})")
+        lines.append(f"{label}: " + ", ".join(said))
+    return lines
 
 
 if __name__ == "__main__":

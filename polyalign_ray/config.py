@@ -342,9 +342,12 @@ class CriticConfig:
     """Also feed the standardized hand features (features.py) to the MLP."""
     hash_buckets: int = 65_536
     embedding_dim: int = 64
+    boundary_dim: int = 16
+    """hashed_ngrams: size of the embedding of how an answer starts and ends (its first and last 1-3 characters),
+    which shows an answer cut off mid-sentence; 0: none."""
     bucket_embedding_dim: int = 16
-    hidden_dim: int = 128
-    epochs: int = 10
+    hidden_dim: int = 256
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -358,6 +361,25 @@ class CriticConfig:
     """Training fails below this held-out Spearman correlation (METHOD.md: a collapsed critic is an error)."""
     min_prediction_std_ratio: float = 0.05
     """Training fails when std(predictions) < this x std(targets) on held-out data (a collapse to a constant)."""
+    corruptions: tuple[str, ...] = (
+        "repeat",
+        "truncate",
+        "degenerate",
+        "move_bucket",
+        "move_language",
+        "relabel",
+        "shuffle",
+    )
+    """Kinds of corrupted human answers the critic also learns from, with exact targets (critic/corruptions.py):
+    loops, cut-off answers, one token repeated, answers in the wrong bucket or language, word salad."""
+    corruptions_per_prompt: int = 7
+    """Corrupted answers per prompt (0: none; the critic is then blind to answers unlike human and SFT ones)."""
+    corruption_rank_weight: float = 5.0
+    """Weight of the ranking hinge over (human answer, its corrupted copy) pairs (``rank_weight`` is the one over
+    (human answer, SFT sample) pairs; each hinge gets its own batch of pairs)."""
+    min_corruption_farther_rate: float = 0.6
+    """Training fails when, for some corruption kind, held-out corrupted answers score farther than their original
+    human answer in fewer than this share of cases (0.5 is chance: a critic blind to that kind)."""
     seed: int = 0
     num_actors: int = 2
     """Actors of the scoring pool."""
@@ -385,6 +407,19 @@ class CriticConfig:
             out.append(f"{path}.lr must be > 0, got {self.lr}")
         if self.max_prompts < 0:
             out.append(f"{path}.max_prompts must be >= 0, got {self.max_prompts}")
+        if self.boundary_dim < 0:
+            out.append(f"{path}.boundary_dim must be >= 0 (0: no boundary n-grams), got {self.boundary_dim}")
+        if self.corruptions_per_prompt < 0:
+            out.append(f"{path}.corruptions_per_prompt must be >= 0, got {self.corruptions_per_prompt}")
+        from polyalign_ray.critic.corruptions import KINDS
+
+        unknown = sorted(set(self.corruptions) - set(KINDS))
+        if unknown:
+            out.append(f"{path}.corruptions has unknown kind(s) {unknown}; choose from {list(KINDS)}")
+        if not 0 <= self.min_corruption_farther_rate <= 1:
+            out.append(
+                f"{path}.min_corruption_farther_rate must be in [0, 1], got {self.min_corruption_farther_rate}"
+            )
         if not -1 <= self.min_spearman <= 1:
             out.append(f"{path}.min_spearman must be in [-1, 1], got {self.min_spearman}")
         if self.actor_num_cpus < 0 or self.actor_num_gpus < 0:
@@ -418,6 +453,10 @@ class HDPOConfig:
     sft_coef: float = 0.05
     """gamma: weight of the chosen answer's token-mean NLL."""
     loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    ipo_logps: Literal["token_mean", "sum"] = "token_mean"
+    """loss_type ipo: the log-ratios as per-token means (TRL's convention: the same beta is the same loss there) or
+    sums over the answer. token_mean by default: IPO pulls the margin to 1 / (2 beta), and on sums that target means
+    tiny per-token changes for an 800-token answer and large ones for a 3-token answer (the buckets span both)."""
     label_smoothing: float = 0.0
     """cDPO's epsilon (only with loss_type cdpo)."""
     weight_rarity: float = 0.5
@@ -538,16 +577,32 @@ class EvalConfig:
     scale_floor: float = 0.05
     self_bleu_sample: int = 200
     mauve_scaling: float = 5.0
+    mauve_human_ratio: float = 5.0
+    """Global MAUVE: at most this many human answers per model answer, drawn in the model side's bucket mix."""
+    bootstrap_samples: int = 1000
+    """Replicates of the bootstrap behind every interval of ``polyalign compare`` (docs/evaluation.md)."""
+    interval_level: float = 0.95
+    """Confidence level of the intervals and paired differences."""
     seed: int = 0
+    """Seed of the evaluation set, the human samples, MAUVE's k-means and the bootstrap (shared by every seed of a
+    multi-seed run, so all seeds answer the same items)."""
 
     def problems(self, path: str) -> list[str]:
         out = []
-        for key in ("per_bucket", "human_per_bucket", "min_bucket_items", "self_bleu_sample"):
+        for key in (
+            "per_bucket",
+            "human_per_bucket",
+            "min_bucket_items",
+            "self_bleu_sample",
+            "bootstrap_samples",
+        ):
             if getattr(self, key) < 1:
                 out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("bng_cap", "scale_floor", "mauve_scaling"):
+        for key in ("bng_cap", "scale_floor", "mauve_scaling", "mauve_human_ratio"):
             if getattr(self, key) <= 0:
                 out.append(f"{path}.{key} must be > 0, got {getattr(self, key)}")
+        if not 0.5 <= self.interval_level < 1:
+            out.append(f"{path}.interval_level must be in [0.5, 1), got {self.interval_level}; e.g. 0.95")
         return out
 
 
@@ -577,13 +632,23 @@ class PipelineConfig:
     evaluate: bool = True
     """Evaluate base, SFT, HDPO (and the baselines) and write the comparison report."""
     redo: tuple[str, ...] = ()
-    """Stages to run again even when finished, e.g. [hdpo, eval_hdpo, compare]."""
+    """Stages to run again from the start even when finished, e.g. [hdpo]; the stages that read their outputs run
+    again too."""
+    seeds: tuple[int, ...] = ()
+    """Empty: one run. E.g. [0, 1, 2]: data and references once, every training stage and evaluation once per seed
+    (``OUT/seeds/seed_N/``, run as Ray Tune trials, concurrently where resources allow), then one comparison over
+    the seeds with intervals (``--seeds N`` is [0 .. N-1])."""
 
     def problems(self, path: str) -> list[str]:
+        out = []
         unknown = [s for s in self.redo if s not in PIPELINE_STAGE_NAMES]
         if unknown:
-            return [f"{path}.redo has unknown stage(s) {unknown}; stages: {list(PIPELINE_STAGE_NAMES)}"]
-        return []
+            out.append(f"{path}.redo has unknown stage(s) {unknown}; stages: {list(PIPELINE_STAGE_NAMES)}")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            out.append(
+                f"{path}.seeds must be distinct non-negative integers, got {list(self.seeds)}; e.g. [0, 1, 2]"
+            )
+        return out
 
 
 SWEEP_METRICS: tuple[str, ...] = (
@@ -843,8 +908,14 @@ def merge_override(data: dict[str, Any], keys: list[str], value: Any) -> dict[st
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PolyAlignConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then dotted ``overrides``; validated as a whole."""
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str | tuple[str, Any]] = ()
+) -> PolyAlignConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` in order; validated as a whole.
+
+    An override is ``"section.key=value"`` (the value parsed as YAML: lists, numbers, booleans) or a
+    ``("section.key", value)`` pair whose value is taken as it is: what command-line flags use, so that a path such
+    as ``runs/exp #2`` or ``off`` stays the string it is instead of becoming ``runs/exp`` or ``False``."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -860,9 +931,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError([f"config file {str(path)!r} must hold a mapping of sections, got {loaded!r}"])
         data = dict(loaded or {})
     problems: list[str] = []
-    for text in overrides:
+    for override in overrides:
+        if isinstance(override, tuple):
+            key, value = override
+            data = merge_override(data, key.split("."), value)
+            continue
         try:
-            keys, value = parse_override(text)
+            keys, value = parse_override(override)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue

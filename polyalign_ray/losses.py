@@ -33,6 +33,11 @@ def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return log_probs.sum(-1), mask.sum(-1)
 
 
+def per_token_mean(logps: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs divided by each answer's token count (at least 1): what IPO squares in TRL."""
+    return logps / n_tokens.clamp(min=1).to(device=logps.device, dtype=logps.dtype)
+
+
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed NLL over response tokens, number of response tokens) per example."""
     log_probs, n_tokens = sequence_log_probs(logits, labels)

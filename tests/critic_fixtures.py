@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 
+from polyalign_ray.critic.corruptions import corrupt_records
 from polyalign_ray.critic.train import CriticExample, build_critic_examples
 from polyalign_ray.features import features_matrix
 from polyalign_ray.references import build_references
@@ -52,8 +53,10 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
 
 
 def synthetic_examples(
-    n: int = 400, seed: int = 0, *, with_model_answers: bool = True
+    n: int = 400, seed: int = 0, *, with_model_answers: bool = True, corrupted_per_record: int = 0
 ) -> tuple[list[CriticExample], object]:
+    """Examples of ``n`` synthetic records (human, drifted model answers, and ``corrupted_per_record`` corrupted
+    copies of each human answer) and the references their targets come from."""
     records = synthetic_records(n, seed)
     train = [r for r in records if r["split"] == "train"]
     references = build_references(
@@ -67,7 +70,10 @@ def synthetic_examples(
     )
     rng = random.Random(seed + 1)
     samples = {r["id"]: [model_answer(rng, r["bucket_id"])] for r in records} if with_model_answers else {}
-    return build_critic_examples(records, samples, references), references
+    corrupted = (
+        corrupt_records(records, per_record=corrupted_per_record, seed=seed) if corrupted_per_record else []
+    )
+    return build_critic_examples(records, samples, references, corrupted), references
 
 
 def targets(examples) -> np.ndarray:

@@ -35,9 +35,26 @@ def hashed_ngram_ids(text: str, hash_buckets: int) -> list[int]:
     return [zlib.crc32(g.encode("utf-8")) % hash_buckets for g in grams]
 
 
+def boundary_ngram_ids(text: str, hash_buckets: int) -> list[int]:
+    """Ids of how the text starts and ends: its first and last 1-3 characters, marked as such. Mean-pooled with
+    every other n-gram they would drown in a long answer; embedded on their own they show an answer cut off
+    mid-sentence ("...and the" vs "...it."), which the answer's other n-grams (a subset of the full answer's) and
+    the hand features do not."""
+    text = text.strip()
+    if not text:
+        return [zlib.crc32(b"<empty-boundary>") % hash_buckets]
+    grams = [f"^{text[:n]}" for n in (1, 2, 3) if len(text) >= n]
+    grams += [f"{text[-n:]}$" for n in (1, 2, 3) if len(text) >= n]
+    return [zlib.crc32(g.encode("utf-8")) % hash_buckets for g in grams]
+
+
 def ngram_id_arrays(texts: Sequence[str], hash_buckets: int) -> list[np.ndarray]:
     """The n-gram ids of each text, computed once (hashing is the slow part of a training step)."""
     return [np.asarray(hashed_ngram_ids(t, hash_buckets), dtype=np.int64) for t in texts]
+
+
+def boundary_id_arrays(texts: Sequence[str], hash_buckets: int) -> list[np.ndarray]:
+    return [np.asarray(boundary_ngram_ids(t, hash_buckets), dtype=np.int64) for t in texts]
 
 
 def ngram_batch(id_arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

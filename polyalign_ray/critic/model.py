@@ -1,5 +1,5 @@
-"""The critic network: [bucket embedding | text representation | standardized hand features] -> MLP -> softplus,
-a non-negative estimate of d(x, b)."""
+"""The critic network: [bucket embedding | text representation | boundary n-grams | standardized hand features]
+-> MLP -> softplus, a non-negative estimate of d(x, b)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,22 @@ class CriticModel(nn.Module):
         num_features: int,
         hidden_dim: int,
         hash_buckets: int = 0,
+        boundary_dim: int = 0,
     ):
         super().__init__()
         self.bucket_embedding = nn.Embedding(num_buckets + 1, bucket_dim)  # the last id: a bucket never seen
         self.ngram_embedding = nn.EmbeddingBag(hash_buckets, text_dim, mode="mean") if hash_buckets else None
+        # How the answer starts and ends (encoders.boundary_ngram_ids), embedded apart from its other n-grams.
+        self.boundary_embedding = (
+            nn.EmbeddingBag(hash_buckets, boundary_dim, mode="mean")
+            if hash_buckets and boundary_dim
+            else None
+        )
         self.mlp = nn.Sequential(
-            nn.Linear(bucket_dim + text_dim + num_features, hidden_dim),
+            nn.Linear(
+                bucket_dim + text_dim + (boundary_dim if self.boundary_embedding else 0) + num_features,
+                hidden_dim,
+            ),
             nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim),
             nn.GELU(),
@@ -37,11 +47,16 @@ class CriticModel(nn.Module):
         ngram_ids: torch.Tensor | None = None,
         ngram_offsets: torch.Tensor | None = None,
         text_vectors: torch.Tensor | None = None,
+        boundary_ids: torch.Tensor | None = None,
+        boundary_offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted distances, shape (B,), all >= 0."""
         if self.ngram_embedding is not None:
             text = self.ngram_embedding(ngram_ids, ngram_offsets)
         else:
             text = text_vectors
-        hidden = torch.cat([self.bucket_embedding(bucket_ids), text, features], dim=-1)
+        parts = [self.bucket_embedding(bucket_ids), text]
+        if self.boundary_embedding is not None:
+            parts.append(self.boundary_embedding(boundary_ids, boundary_offsets))
+        hidden = torch.cat([*parts, features], dim=-1)
         return nn.functional.softplus(self.mlp(hidden).squeeze(-1))

@@ -24,12 +24,15 @@ import torch
 from safetensors.torch import save_file
 
 from polyalign_ray.config import CriticConfig
-from polyalign_ray.critic.encoders import FrozenLMEncoder, ngram_batch, ngram_id_arrays
+from polyalign_ray.critic.corruptions import Corrupted
+from polyalign_ray.critic.encoders import FrozenLMEncoder, boundary_id_arrays, ngram_batch, ngram_id_arrays
 from polyalign_ray.critic.model import CriticModel
 from polyalign_ray.features import FEATURE_NAMES, features_matrix
 from polyalign_ray.references import ReferenceSet
 
 BUNDLE_META = "critic.json"
+MIN_GATED_CORRUPTIONS = 20
+"""A corruption kind with fewer held-out answers is reported but not gated: a rate over a handful is noise."""
 BUNDLE_WEIGHTS = "critic.safetensors"
 
 
@@ -46,29 +49,34 @@ class CriticExample:
     """The prompt's record id: a human answer and the model answers to the same prompt share it."""
     is_human: bool
     heldout: bool
+    kind: str = ""
+    """``human``, ``model`` (a policy sample) or a corruption kind (``critic/corruptions.py``)."""
 
 
 def build_critic_examples(
     records: Sequence[dict[str, Any]],
     samples: dict[str, list[str]],
     references: ReferenceSet,
+    corrupted: Sequence[Corrupted] = (),
 ) -> list[CriticExample]:
-    """Human answers and model samples of ``records`` with their distance targets; val records are held out."""
-    texts, buckets, groups, human, heldout = [], [], [], [], []
+    """Human answers, model samples and corrupted human answers of ``records`` with their distance targets; the
+    examples of val records are held out."""
+    rows: list[tuple[str, str, str, bool, bool, str]] = []
+    split_of = {record["id"]: record["split"] for record in records}
     for record in records:
-        for text, is_human in [
-            (record["response"], True),
-            *((s, False) for s in samples.get(record["id"], [])),
-        ]:
-            texts.append(text)
-            buckets.append(record["bucket_id"])
-            groups.append(record["id"])
-            human.append(is_human)
-            heldout.append(record["split"] != "train")
+        held = record["split"] != "train"
+        rows.append((record["response"], record["bucket_id"], record["id"], True, held, "human"))
+        rows += [
+            (s, record["bucket_id"], record["id"], False, held, "model")
+            for s in samples.get(record["id"], [])
+        ]
+    for item in corrupted:
+        rows.append((item.text, item.bucket, item.source, False, split_of[item.source] != "train", item.kind))
+    texts, buckets = [r[0] for r in rows], [r[1] for r in rows]
     targets = references.distance(features_matrix(texts), buckets) if texts else np.zeros(0)
     return [
-        CriticExample(t, b, float(d), g, h, o)
-        for t, b, d, g, h, o in zip(texts, buckets, targets, groups, human, heldout, strict=True)
+        CriticExample(text, bucket, float(d), group, human, held, kind)
+        for (text, bucket, group, human, held, kind), d in zip(rows, targets, strict=True)
     ]
 
 
@@ -97,6 +105,8 @@ class CriticInputs:
     """Frozen-LM encodings (``critic.encoder=frozen_lm``)."""
     ngram_ids: list[np.ndarray] | None = None
     """Hashed n-gram ids per text (``critic.encoder=hashed_ngrams``)."""
+    boundary_ids: list[np.ndarray] | None = None
+    """Hashed ids of how each text starts and ends (``critic.boundary_ngrams``)."""
 
     def batch(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
         index_t = torch.as_tensor(index, dtype=torch.long)
@@ -105,6 +115,8 @@ class CriticInputs:
             out["text_vectors"] = self.text_vectors[index_t]
         else:
             out["ngram_ids"], out["ngram_offsets"] = ngram_batch([self.ngram_ids[i] for i in index])
+        if self.boundary_ids is not None:
+            out["boundary_ids"], out["boundary_offsets"] = ngram_batch([self.boundary_ids[i] for i in index])
         return out
 
 
@@ -133,8 +145,15 @@ def critic_inputs(
     if encoder is not None:
         vectors = torch.as_tensor(encoder.encode(list(texts)), dtype=torch.float32)
         return CriticInputs(bucket_ids, features, list(texts), text_vectors=vectors)
+    boundaries = None
+    if meta["dims"].get("boundary_dim", 0):
+        boundaries = boundary_id_arrays(texts, meta["hash_buckets"])
     return CriticInputs(
-        bucket_ids, features, list(texts), ngram_ids=ngram_id_arrays(texts, meta["hash_buckets"])
+        bucket_ids,
+        features,
+        list(texts),
+        ngram_ids=ngram_id_arrays(texts, meta["hash_buckets"]),
+        boundary_ids=boundaries,
     )
 
 
@@ -147,6 +166,7 @@ def build_critic_model(meta: dict[str, Any]) -> CriticModel:
         num_features=len(meta["feature_names"]) if meta["use_features"] else 0,
         hidden_dim=meta["dims"]["hidden_dim"],
         hash_buckets=meta["hash_buckets"],
+        boundary_dim=meta["dims"].get("boundary_dim", 0),  # bundles before boundary n-grams have none
     )
 
 
@@ -191,6 +211,41 @@ def quality_report(
     return report
 
 
+def corruption_report(
+    predictions: np.ndarray, examples: Sequence[CriticExample], *, prefix: str
+) -> dict[str, Any]:
+    """How the critic sees corrupted answers: per kind, how often it scores one farther than the human answer it
+    came from (and how often the exact target does), and the Spearman correlation over all corrupted answers."""
+    human_of = {e.group: i for i, e in enumerate(examples) if e.is_human}
+    corrupted = [
+        i for i, e in enumerate(examples) if e.kind not in ("human", "model", "") and e.group in human_of
+    ]
+    report: dict[str, Any] = {f"{prefix}corrupted": len(corrupted)}
+    if not corrupted:
+        return report
+    targets = np.asarray([e.target for e in examples])
+    report[f"{prefix}corrupted_spearman"] = spearman(predictions[corrupted], targets[corrupted])
+    farther, target_farther, counts = {}, {}, {}
+    for kind in sorted({examples[i].kind for i in corrupted}):
+        members = [i for i in corrupted if examples[i].kind == kind]
+        counts[kind] = len(members)
+        farther[kind] = float(
+            np.mean([predictions[i] > predictions[human_of[examples[i].group]] for i in members])
+        )
+        target_farther[kind] = float(
+            np.mean([targets[i] > targets[human_of[examples[i].group]] for i in members])
+        )
+    report[f"{prefix}corrupted_farther_rate"] = farther
+    report[f"{prefix}corrupted_target_farther_rate"] = target_farther
+    report[f"{prefix}corrupted_count"] = counts
+    return report
+
+
+def split_kinds(examples: Sequence[CriticExample]) -> list[CriticExample]:
+    """Human answers and model samples only: what the original gates are measured on."""
+    return [e for e in examples if e.kind in ("human", "model", "")]
+
+
 def train_critic(
     examples: Sequence[CriticExample],
     config: CriticConfig,
@@ -230,6 +285,7 @@ def train_critic(
             "bucket_dim": config.bucket_embedding_dim,
             "text_dim": config.embedding_dim if encoder is None else encoder.dim,
             "hidden_dim": config.hidden_dim,
+            "boundary_dim": config.boundary_dim if encoder is None else 0,
         },
     }
     model = build_critic_model(meta)
@@ -242,7 +298,13 @@ def train_critic(
     )
     target_t = torch.as_tensor(targets, dtype=torch.float32)
     mu, sd = meta["target_mean"], meta["target_std"]
-    pairs = np.asarray(human_model_pairs(train), dtype=np.int64).reshape(-1, 2)
+    all_pairs = human_model_pairs(train)
+    pairs = np.asarray(
+        [(h, m) for h, m in all_pairs if train[m].kind in ("model", "")], dtype=np.int64
+    ).reshape(-1, 2)
+    corruption_pairs = np.asarray(
+        [(h, m) for h, m in all_pairs if train[m].kind not in ("model", "")], dtype=np.int64
+    ).reshape(-1, 2)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
@@ -258,11 +320,15 @@ def train_critic(
             loss = torch.nn.functional.huber_loss(
                 (prediction - mu) / sd, (target_t[index] - mu) / sd, delta=config.huber_delta
             )
-            if len(pairs) and config.rank_weight > 0:
-                chosen = pairs[rng.integers(0, len(pairs), size=min(config.batch_size, len(pairs)))]
-                both = model(**inputs.batch(chosen.reshape(-1).tolist())).view(-1, 2)
-                hinge = torch.relu(config.rank_margin + both[:, 0] - both[:, 1]).mean()
-                loss = loss + config.rank_weight * hinge
+            for ranked, weight in (
+                (pairs, config.rank_weight),
+                (corruption_pairs, config.corruption_rank_weight),
+            ):
+                if len(ranked) and weight > 0:
+                    chosen = ranked[rng.integers(0, len(ranked), size=min(config.batch_size, len(ranked)))]
+                    both = model(**inputs.batch(chosen.reshape(-1).tolist())).view(-1, 2)
+                    hinge = torch.relu(config.rank_margin + both[:, 0] - both[:, 1]).mean()
+                    loss = loss + weight * hinge
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -278,16 +344,20 @@ def train_critic(
     )
     heldout_pred = predict(model, heldout_inputs)
     train_pred = predict(model, inputs)
+    plain_heldout = [i for i, e in enumerate(heldout) if e.kind in ("human", "model", "")]
+    plain_train = [i for i, e in enumerate(train) if e.kind in ("human", "model", "")]
     summary: dict[str, Any] = {
         "train_examples": len(train),
         "heldout_examples": len(heldout),
-        "train_human": sum(e.is_human for e in train),
-        "train_model": sum(not e.is_human for e in train),
+        "train_human": sum(e.kind in ("human", "") and e.is_human for e in train),
+        "train_model": sum(e.kind in ("model", "") and not e.is_human for e in train),
+        "train_corrupted": len(train) - len(plain_train),
         "epochs": config.epochs,
         "loss_per_epoch": history,
         "seconds": time.perf_counter() - start,
-        **quality_report(heldout_pred, heldout, prefix="heldout_"),
-        **quality_report(train_pred, train, prefix="train_"),
+        **quality_report(heldout_pred[plain_heldout], split_kinds(heldout), prefix="heldout_"),
+        **quality_report(train_pred[plain_train], split_kinds(train), prefix="train_"),
+        **corruption_report(heldout_pred, heldout, prefix="heldout_"),
     }
     spread_ratio = summary["heldout_prediction_std"] / max(summary["heldout_target_std"], 1e-12)
     summary["heldout_spread_ratio"] = spread_ratio
@@ -301,6 +371,21 @@ def train_critic(
         failures.append(
             f"held-out Spearman {summary['heldout_spearman']:.3f} < critic.min_spearman={config.min_spearman}"
         )
+    notes = []
+    for kind, rate in summary.get("heldout_corrupted_farther_rate", {}).items():
+        count = summary["heldout_corrupted_count"][kind]
+        if count < MIN_GATED_CORRUPTIONS:
+            notes.append(
+                f"{kind}: {count} held-out answers, too few to gate (at least {MIN_GATED_CORRUPTIONS})"
+            )
+            continue
+        if not rate >= config.min_corruption_farther_rate:
+            failures.append(
+                f"held-out {kind} answers scored farther than their originals in only {rate:.0%} of cases "
+                f"(critic.min_corruption_farther_rate={config.min_corruption_farther_rate}): the critic is blind "
+                "to them; train longer (critic.epochs) or on more corrupted answers (critic.corruptions_per_prompt)"
+            )
+    summary["gate_notes"] = notes
     summary["gates_passed"] = not failures
     summary["gate_failures"] = failures
     return model, meta, summary

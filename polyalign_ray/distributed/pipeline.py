@@ -54,8 +54,13 @@ def variant(config: PolyAlignConfig, **sections: dict[str, Any]) -> PolyAlignCon
 
 
 def fingerprint(config: PolyAlignConfig, sections: tuple[str, ...], extra: str = "") -> str:
+    """The settings of ``sections`` (``pipeline.redo`` left out: asking for a redo once must not make the next
+    plain run redo again) and ``extra``."""
     data = config_to_dict(config)
-    return settings_fingerprint([{s: data[s] for s in sections}, extra])
+    chosen = {s: data[s] for s in sections}
+    if "pipeline" in chosen:
+        chosen["pipeline"] = {k: v for k, v in chosen["pipeline"].items() if k != "redo"}
+    return settings_fingerprint([chosen, extra])
 
 
 def plain_sft_config(config: PolyAlignConfig) -> PolyAlignConfig:
@@ -78,6 +83,27 @@ def dpo_config(config: PolyAlignConfig) -> PolyAlignConfig:
             "output_dir": str(Path(config.hdpo.output_dir).parent / "dpo"),
         },
     )
+
+
+SEEDED_SECTIONS = ("sampler", "sft", "critic", "hdpo", "generation")
+"""Sections whose ``seed`` a multi-seed pipeline sets to each seed (data, references and the evaluation set are
+shared, so every seed answers the same test items)."""
+PER_SEED_FOLDERS = ("sft", "critic", "hdpo", "eval")
+
+
+def seed_root(config: PolyAlignConfig, seed: int) -> Path:
+    """Where one seed's stages write: ``OUT/seeds/seed_N`` (OUT is the folder holding ``sft.output_dir``)."""
+    return Path(config.sft.output_dir).parent / "seeds" / f"seed_{seed}"
+
+
+def seed_config(config: PolyAlignConfig, seed: int) -> PolyAlignConfig:
+    """The config of one seed of a multi-seed pipeline: every seeded section's seed, every trained or evaluated
+    stage's folder under :func:`seed_root`, no further seeds."""
+    root = seed_root(config, seed)
+    sections: dict[str, dict[str, Any]] = {name: {"seed": seed} for name in SEEDED_SECTIONS}
+    for name in PER_SEED_FOLDERS:
+        sections.setdefault(name, {})["output_dir"] = str(root / name)
+    return variant(config, **sections, pipeline={"seeds": ()})
 
 
 def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
@@ -260,6 +286,31 @@ def withdraw_marker(stage: Stage) -> None:
     (stage.folder / MARKER).unlink(missing_ok=True)
 
 
+def run_stage(
+    stage: Stage,
+    config: PolyAlignConfig,
+    folders: dict[str, Path],
+    label: str,
+    echo: Callable[[str], None],
+    elapsed: Callable[[], float],
+) -> tuple[Any, float | str]:
+    """Skip the stage when done, else run it between withdrawing and writing its marker; (result, seconds)."""
+    redo = stage.name in config.pipeline.redo
+    if not redo and stage_is_done(stage, config, folders):
+        echo(f"{label} — done earlier, skipped ({stage.folder / MARKER})")
+        return None, "skipped"
+    echo(f"{label} ... ({why_stage_runs(stage, config, folders)}; elapsed {elapsed():.0f} s)")
+    withdraw_marker(stage)
+    began = time.perf_counter()
+    result = stage.run(redo)
+    if isinstance(result, str) and stage.name == "data":
+        echo("\n" + result)  # the bucket table
+    seconds = time.perf_counter() - began
+    mark_stage_done(stage, config, seconds, folders)
+    echo(f"{label} finished in {seconds:.0f} s")
+    return result, round(seconds, 1)
+
+
 def run_pipeline(
     config: PolyAlignConfig,
     *,
@@ -267,7 +318,10 @@ def run_pipeline(
     only: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Run every stage not already done (of ``only``, when given: a sweep trial runs the stages its swept keys
-    reach); returns {stage: result} of the stages run now, plus ``timings``."""
+    reach); returns {stage: result} of the stages run now, plus ``timings``. With ``pipeline.seeds``, see
+    :func:`run_seeded_pipeline`."""
+    if config.pipeline.seeds and only is None:
+        return run_seeded_pipeline(config, echo=echo)
     stage_list = pipeline_stages(config)
     if only is not None:
         unknown = sorted(set(only) - {stage.name for stage in stage_list})
@@ -282,22 +336,96 @@ def run_pipeline(
     start = time.perf_counter()
     for number, stage in enumerate(stage_list, start=1):
         label = f"[{number}/{len(stage_list)}] {stage.name}: {stage.title}"
-        redo = stage.name in config.pipeline.redo
-        if not redo and stage_is_done(stage, config, folders):
-            echo(f"{label} — done earlier, skipped ({stage.folder / MARKER})")
-            timings[stage.name] = "skipped"
-            continue
-        reason = why_stage_runs(stage, config, folders)
-        echo(f"{label} ... ({reason}; elapsed {time.perf_counter() - start:.0f} s)")
-        withdraw_marker(stage)
-        began = time.perf_counter()
-        results[stage.name] = stage.run(redo)
-        if isinstance(results[stage.name], str) and stage.name == "data":
-            echo("\n" + results[stage.name])  # the bucket table
-        seconds = time.perf_counter() - began
-        timings[stage.name] = round(seconds, 1)
-        mark_stage_done(stage, config, seconds, folders)
-        echo(f"{label} finished in {seconds:.0f} s")
+        result, timings[stage.name] = run_stage(
+            stage, config, folders, label, echo, lambda: time.perf_counter() - start
+        )
+        if timings[stage.name] != "skipped":
+            results[stage.name] = result
+    results["timings"] = timings
+    results["wall_s"] = time.perf_counter() - start
+    return results
+
+
+def per_seed_stages(config: PolyAlignConfig) -> tuple[str, ...]:
+    """The stages each seed runs: everything but the shared data stage and the comparison over seeds."""
+    return tuple(s.name for s in pipeline_stages(config) if s.name not in ("data", "compare"))
+
+
+def seeds_compare_stage(config: PolyAlignConfig) -> tuple[Stage, dict[str, Path]]:
+    """The comparison over every seed's evaluations, and the folders of the stages it reads."""
+    from polyalign_ray.distributed import stages as s
+
+    evaluations = [name for name in per_seed_stages(config) if name.startswith("eval_")]
+    folders: dict[str, Path] = {}
+    for seed in config.pipeline.seeds:
+        seeded = seed_config(config, seed)
+        for stage in pipeline_stages(seeded):
+            if stage.name in evaluations:
+                folders[f"seed_{seed}/{stage.name}"] = stage.folder
+    names = [name.removeprefix("eval_") for name in evaluations]
+    stage = Stage(
+        "compare",
+        f"comparison over {len(config.pipeline.seeds)} seeds",
+        Path(config.eval.output_dir) / "report",
+        ("data", "references", "model", "sampler", "sft", "generation", "critic", "hdpo", "eval", "pipeline"),
+        lambda fresh: s.run_compare(config, names),
+        needs=tuple(folders),
+    )
+    folders["compare"] = stage.folder
+    return stage, folders
+
+
+def run_seeded_pipeline(config: PolyAlignConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """``pipeline.seeds``: the shared data stage once; every seed's training stages and evaluations as one Ray Tune
+    trial each (the sweep machinery: concurrently where the cluster's resources allow; a seed whose stages are all
+    done is not started), each in ``OUT/seeds/seed_N`` with its progress in ``progress.log`` there; then the
+    comparison over the seeds. Resumable like the single pipeline: every stage keeps its marker."""
+    from polyalign_ray.distributed.tune import run_seed_trials
+
+    start = time.perf_counter()
+    seeds = tuple(config.pipeline.seeds)
+    shared = variant(config, pipeline={"seeds": ()})
+    results = run_pipeline(shared, only=("data",), echo=echo)
+    timings: dict[str, Any] = dict(results["timings"])
+    stages = per_seed_stages(config)
+    pending = []
+    for seed in seeds:
+        seeded = seed_config(config, seed)
+        stage_list = [stage for stage in pipeline_stages(seeded) if stage.name in stages]
+        folders = stage_folders(stage_list, seeded)
+        redo = set(config.pipeline.redo) & set(stages)
+        if redo or not all(stage_is_done(stage, seeded, folders) for stage in stage_list):
+            pending.append(seed)
+        else:
+            echo(f"seed {seed}: every stage done earlier, skipped ({seed_root(config, seed)})")
+            timings[f"seed_{seed}"] = "skipped"
+    if pending:
+        echo(
+            f"seeds {pending}: {len(stages)} stages each ({', '.join(stages)}) as Ray Tune trials; progress in "
+            f"{seed_root(config, pending[0]).parent}/seed_N/progress.log (elapsed {time.perf_counter() - start:.0f} s)"
+        )
+        outcome = run_seed_trials(config, pending, stages)
+        for seed, row in outcome.items():
+            timings[f"seed_{seed}"] = row.get("seconds", "failed")
+            echo(
+                f"seed {seed}: {row['status']}"
+                + (f" in {row['seconds']:.0f} s" if row.get("seconds") else "")
+            )
+        failed = {seed: row for seed, row in outcome.items() if row["status"] != "done"}
+        if failed:
+            details = "; ".join(f"seed {seed}: {row['error']}" for seed, row in sorted(failed.items()))
+            raise RuntimeError(
+                f"{len(failed)} of {len(pending)} seeds failed ({details}); their progress.log says where; running "
+                "the same command again continues every seed where it stopped"
+            )
+    stage, folders = seeds_compare_stage(config)
+    if config.pipeline.evaluate:
+        label = f"[{len(seeds) + 2}/{len(seeds) + 2}] compare: {stage.title}"
+        result, timings["compare"] = run_stage(
+            stage, config, folders, label, echo, lambda: time.perf_counter() - start
+        )
+        if result is not None:
+            results["compare"] = result
     results["timings"] = timings
     results["wall_s"] = time.perf_counter() - start
     return results

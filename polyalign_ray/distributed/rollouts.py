@@ -8,7 +8,8 @@ Rank 0 owns the pipeline; the other ranks receive each step's global batch by br
   straight to a critic pool actor (``CriticPool.submit_rollout``), so scoring starts when generation ends, without
   the trainer waiting. Up to ``rollout_depth`` batches are in flight while the trainer runs its steps.
 - **Pairs**: a harvested batch's distances pick chosen/rejected per prompt (``rollouts.pairs_from_rollout``); pairs
-  enter a FIFO buffer; each step takes the global batch from it, dropping (and counting) pairs whose generating
+  enter a FIFO buffer; a step's weights are normalized by a mean of earlier steps' weights, never its own
+  (``rollouts.HeldWeightMean``); each step takes the global batch from it, dropping (and counting) pairs whose generating
   weights are more than ``max_staleness`` updates old.
 - **Weights** reach the generator every ``sync_every`` updates (and at checkpoints and on resume): every rank joins
   the gather (ZeRO-3), rank 0 puts the CPU state dict in the object store and later rollouts carry a reference to it.
@@ -37,7 +38,13 @@ from polyalign_ray.config import PolyAlignConfig
 from polyalign_ray.distributed.critic_pool import CriticPool
 from polyalign_ray.hdpo_data import TokenizedPair
 from polyalign_ray.loops.strategy import Strategy
-from polyalign_ray.rollouts import PairBuildCounts, RolloutWorker, overlap_seconds, pairs_from_rollout
+from polyalign_ray.rollouts import (
+    HeldWeightMean,
+    PairBuildCounts,
+    RolloutWorker,
+    overlap_seconds,
+    pairs_from_rollout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,13 @@ class OnlinePairSource:
         if records is None or records.num_rows == 0:
             raise ValueError("online HDPO needs train prompts: the train split is empty")
         self.records = records.to_pylist()
+        self.held_mean = HeldWeightMean.from_prompts(
+            [r["bucket_id"] for r in self.records],
+            rarity,
+            a=self.weight_args["a"],
+            w_min=self.weight_args["w_min"],
+            w_max=self.weight_args["w_max"],
+        )
         remote = ray.remote(
             num_cpus=0, num_gpus=1 if config.generation.use_gpu else 0, max_restarts=-1, max_task_retries=-1
         )(RemoteRolloutWorker)
@@ -242,7 +256,8 @@ class OnlinePairSource:
             staleness = [(step - 1) - p.version for p in batch]
             self.staleness.extend(staleness)
             self.totals["used"] += len(batch)
-            weight_mean = self.totals["weight_sum"] / max(self.totals["weight_count"], 1)
+            weight_mean = self.held_mean.value  # never this batch's own weights (rollouts.HeldWeightMean)
+            self.held_mean.update([p.weight for p in batch])
             metrics = {
                 "online/wait_s": waited,
                 "online/staleness_mean": float(np.mean(staleness)),
@@ -284,6 +299,7 @@ class OnlinePairSource:
             "counts": vars(self.counts).copy(),
             "totals": dict(self.totals),
             "staleness": list(self.staleness),
+            "held_mean": self.held_mean.state(),
         }
 
     def load_state(self, state: Any) -> None:
@@ -294,6 +310,7 @@ class OnlinePairSource:
         self.counts = PairBuildCounts(**state["counts"])
         self.totals = dict(state["totals"])
         self.staleness = list(state["staleness"])
+        self.held_mean = HeldWeightMean.from_state(state["held_mean"])
 
     def summary(self) -> dict[str, Any]:
         if self.rank != 0:
@@ -313,6 +330,7 @@ class OnlinePairSource:
             "pairs_dropped_stale": self.totals["dropped_stale"],
             "pairs_left_in_buffer": len(self.buffer),
             "weight_mean": self.totals["weight_sum"] / max(self.totals["weight_count"], 1),
+            "weight_mean_prior": self.held_mean.prior,
             "staleness_mean": float(np.mean(self.staleness)) if self.staleness else 0.0,
             "staleness_max": int(max(self.staleness)) if self.staleness else 0,
             "trainer_compute_s": train,

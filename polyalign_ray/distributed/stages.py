@@ -6,6 +6,7 @@ one by one (``polyalign prepare``, ``polyalign references``) or chained (``polya
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -218,6 +219,7 @@ def critic_records(config: PolyAlignConfig) -> pa.Table:
 def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
     """``polyalign critic``: sample the SFT policy for the critic's prompts (Ray Data), compute distance targets,
     train, check the gates, save the bundle. Returns the summary; raises CriticQualityError if a gate fails."""
+    from polyalign_ray.critic.corruptions import corrupt_records
     from polyalign_ray.critic.encoders import FrozenLMEncoder
     from polyalign_ray.critic.train import (
         CriticQualityError,
@@ -251,7 +253,12 @@ def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
         out / "samples.jsonl",
         ({"id": key, "samples": values} for key, values in sorted(samples.items())),
     )
-    examples = build_critic_examples(records.to_pylist(), samples, references)
+    rows = records.to_pylist()
+    corrupted = corrupt_records(
+        rows, kinds=cfg.corruptions, per_record=cfg.corruptions_per_prompt, seed=cfg.seed
+    )
+    write_jsonl(out / "corrupted.jsonl", (dataclasses.asdict(c) for c in corrupted))
+    examples = build_critic_examples(rows, samples, references, corrupted)
     encoder, encoder_model = None, ""
     if cfg.encoder == "frozen_lm":
         encoder_model = cfg.encoder_model or policy
@@ -352,13 +359,32 @@ def train_human_references(config: PolyAlignConfig) -> dict[str, Any]:
     )
 
 
+def scoring_settings(config: PolyAlignConfig) -> Any:
+    """The ``eval`` section's knobs of the distribution metrics."""
+    from polyalign_ray.evaluation.scoring import ScoringSettings
+
+    cfg = config.eval
+    return ScoringSettings(
+        min_bucket_items=cfg.min_bucket_items,
+        bng_cap=cfg.bng_cap,
+        scale_floor=cfg.scale_floor,
+        self_bleu_sample=cfg.self_bleu_sample,
+        mauve_scaling=cfg.mauve_scaling,
+        mauve_human_ratio=cfg.mauve_human_ratio,
+        seed=cfg.seed,
+    )
+
+
 def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, Any]:
     """``polyalign eval``: answers of ``model`` for the evaluation set (Ray Data generation actors), every metric,
-    ``eval.output_dir/NAME/{predictions.jsonl, report.json}``; returns the report."""
-    import dataclasses
+    ``eval.output_dir/NAME/{predictions.jsonl, report.json}``; returns the report.
+
+    With ``model.profile_conditioning`` the gold length bin is unknown at deployment (METHOD.md section 3), so both
+    profiles are evaluated: the report's metrics use ``eval.profile_length`` (default: without the length bin) and
+    ``report["other_profile"]`` holds the other one's metrics (its answers in ``predictions_other_profile.jsonl``)."""
 
     from polyalign_ray.distributed.generate import sample_answers_with_ray
-    from polyalign_ray.evaluation.scoring import ScoringSettings, score_predictions
+    from polyalign_ray.evaluation.scoring import score_predictions
     from polyalign_ray.schema import count_length_tokens
 
     cfg = config.eval
@@ -373,40 +399,35 @@ def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, 
         len({r["bucket_id"] for r in records}),
         model,
     )
-    sampled = sample_answers_with_ray(
-        table, model, config.generation, config.model, include_length=cfg.profile_length
-    )
-    predictions = [sampled[r["id"]][0] for r in records]
-    settings = ScoringSettings(
-        min_bucket_items=cfg.min_bucket_items,
-        bng_cap=cfg.bng_cap,
-        scale_floor=cfg.scale_floor,
-        self_bleu_sample=cfg.self_bleu_sample,
-        mauve_scaling=cfg.mauve_scaling,
-        seed=cfg.seed,
-    )
-    report = score_predictions(records, predictions, train_human_references(config), settings)
-    if cfg.greedy_utility:
-        greedy = sample_answers_with_ray(
-            table,
-            model,
-            dataclasses.replace(config.generation, do_sample=False),
-            config.model,
-            include_length=cfg.profile_length,
+
+    def answers(include_length: bool, generation: Any = config.generation) -> list[str]:
+        sampled = sample_answers_with_ray(
+            table, model, generation, config.model, include_length=include_length
         )
-        greedy_report = score_predictions(records, [greedy[r["id"]][0] for r in records], {}, settings)
+        return [sampled[r["id"]][0] for r in records]
+
+    predictions = answers(cfg.profile_length)
+    settings = scoring_settings(config)
+    human = train_human_references(config)
+    report = score_predictions(records, predictions, human, settings)
+    if config.model.profile_conditioning:
+        other = answers(not cfg.profile_length)
+        other_report = score_predictions(records, other, human, settings)
+        report["profile"] = "oracle_length" if cfg.profile_length else "without_length"
+        report["other_profile"] = {
+            "profile": "without_length" if cfg.profile_length else "oracle_length",
+            **{k: other_report[k] for k in ("overall", "by_language", "by_track", "by_bucket")},
+        }
+        write_predictions(out / "predictions_other_profile.jsonl", records, other)
+    if cfg.greedy_utility:
+        greedy = answers(cfg.profile_length, dataclasses.replace(config.generation, do_sample=False))
+        greedy_report = score_predictions(records, greedy, {}, settings)
         report["greedy_utility"] = {k: greedy_report["overall"][k] for k in ("em", "f1", "rouge_l")}
     lengths: dict[str, list[int]] = {}
     for record, prediction in zip(records, predictions, strict=True):
         lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(prediction))
     report.update({"name": name, "model": model, "split": cfg.split, "lengths": lengths})
-    write_jsonl(
-        out / "predictions.jsonl",
-        (
-            {"id": r["id"], "bucket_id": r["bucket_id"], "prediction": p, "reference": r["response"]}
-            for r, p in zip(records, predictions, strict=True)
-        ),
-    )
+    write_predictions(out / "predictions.jsonl", records, predictions)
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     overall = report["overall"]
     log.info(
@@ -421,37 +442,111 @@ def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, 
     return report
 
 
+def write_predictions(path: Path, records: list[dict[str, Any]], predictions: list[str]) -> None:
+    write_jsonl(
+        path,
+        (
+            {"id": r["id"], "bucket_id": r["bucket_id"], "prediction": p, "reference": r["response"]}
+            for r, p in zip(records, predictions, strict=True)
+        ),
+    )
+
+
+def read_predictions(folder: Path) -> dict[str, str]:
+    path = folder / "predictions.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {row["id"]: row["prediction"] for row in rows}
+
+
+def run_folders(config: PolyAlignConfig, runs: list[str]) -> dict[str, list[Path]]:
+    """Each run's evaluation folder per seed. A run is a name under ``eval.output_dir`` (with ``pipeline.seeds``:
+    under each seed's evaluation folder), a folder (one seed), or ``NAME=DIR1,DIR2,...`` (a run's seeds by hand)."""
+    from polyalign_ray.distributed.pipeline import seed_config
+
+    out: dict[str, list[Path]] = {}
+    for run in runs:
+        if "=" in run:
+            name, folders = run.split("=", 1)
+            out[name] = [Path(f) for f in folders.split(",") if f]
+        elif Path(run).is_dir() and (Path(run) / "report.json").is_file():
+            out[Path(run).name] = [Path(run)]
+        elif config.pipeline.seeds:
+            out[run] = [Path(seed_config(config, s).eval.output_dir) / run for s in config.pipeline.seeds]
+        else:
+            out[run] = [Path(config.eval.output_dir) / run]
+    for name, folders in out.items():
+        for folder in folders:
+            if not (folder / "report.json").is_file():
+                raise FileNotFoundError(
+                    f"no report for {name!r} at {folder / 'report.json'}: run `polyalign eval --name {name}` "
+                    "(or the pipeline) first"
+                )
+    return out
+
+
 def run_compare(config: PolyAlignConfig, runs: list[str]) -> Path:
-    """``polyalign compare``: the runs' reports side by side (same evaluation set required): report.md, plots,
-    comparison.json in ``eval.output_dir/report/``; returns the path of report.md."""
+    """``polyalign compare``: the runs side by side over their seeds (same evaluation set required), every metric
+    with a 95% interval and the method's claims as paired differences: report.md, plots and comparison.json in
+    ``eval.output_dir/report/``; returns the path of report.md."""
+    from polyalign_ray.evaluation.comparison import compare_runs
     from polyalign_ray.evaluation.report import plot_comparison, render_comparison
+    from polyalign_ray.evaluation.scoring import prepare_run
     from polyalign_ray.schema import count_length_tokens
 
-    base = Path(config.eval.output_dir)
-    reports = []
-    for run in runs:
-        path = Path(run) / "report.json" if Path(run).is_dir() else base / run / "report.json"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no report for {run!r} at {path}: run `polyalign eval --name {run}` first"
-            )
-        reports.append(json.loads(path.read_text(encoding="utf-8")))
-    item_sets = [sorted(item["id"] for item in r["items"]) for r in reports]
-    if any(items != item_sets[0] for items in item_sets[1:]):
+    folders = run_folders(config, runs)
+    reports = {
+        name: [json.loads((f / "report.json").read_text(encoding="utf-8")) for f in paths]
+        for name, paths in folders.items()
+    }
+    item_order = [item["id"] for item in next(iter(reports.values()))[0]["items"]]
+    for name, seeds in reports.items():
+        for report in seeds:
+            if sorted(item["id"] for item in report["items"]) != sorted(item_order):
+                raise ValueError(
+                    f"{name} was evaluated on other items than the other runs; evaluate them with the same data "
+                    "and eval.*"
+                )
+    by_id = {r["id"]: r for r in evaluation_records(config)}
+    missing = [key for key in item_order if key not in by_id]
+    if missing:
         raise ValueError(
-            "the runs were evaluated on different item sets; evaluate them with the same data and eval.*"
+            f"{len(missing)} evaluated item(s) are not in the evaluation set of {config.data.output_dir}"
         )
-    out = base / "report"
-    records = {r["id"]: r for r in evaluation_records(config)}
+    records = [by_id[key] for key in item_order]
+    human = train_human_references(config)
+    settings = scoring_settings(config)
+    prepared = {}
+    for name, paths in folders.items():
+        prepared[name] = []
+        for folder in paths:
+            answers = read_predictions(folder)
+            prepared[name].append(prepare_run(records, [answers[key] for key in item_order], human, settings))
+    comparison = compare_runs(
+        prepared,
+        samples=config.eval.bootstrap_samples,
+        level=config.eval.interval_level,
+        seed=config.eval.seed,
+    )
+    comparison["models"] = {name: [r["model"] for r in seeds] for name, seeds in reports.items()}
+    comparison["other_profile"] = {
+        name: [r["other_profile"] for r in seeds if "other_profile" in r] for name, seeds in reports.items()
+    }
+    out = Path(config.eval.output_dir) / "report"
+    lengths = {
+        name: {
+            bucket: [x for report in seeds for x in report.get("lengths", {}).get(bucket, [])]
+            for bucket in seeds[0].get("lengths", {})
+        }
+        for name, seeds in reports.items()
+    }
     human_lengths: dict[str, list[int]] = {}
-    for key in item_sets[0]:
-        record = records.get(key)
-        if record is not None:
-            human_lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(record["response"]))
-    plots = plot_comparison(reports, human_lengths, out / "plots")
-    (out / "report.md").write_text(render_comparison(reports, plots), encoding="utf-8")
-    summary = {r["name"]: {"model": r["model"], **r["overall"]} for r in reports}
-    (out / "comparison.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    for record in records:
+        human_lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(record["response"]))
+    plots = plot_comparison(comparison, lengths, human_lengths, out / "plots")
+    (out / "report.md").write_text(render_comparison(comparison, plots), encoding="utf-8")
+    (out / "comparison.json").write_text(
+        json.dumps(comparison, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
     return out / "report.md"
 
 

@@ -34,7 +34,7 @@ import ray
 from ray import tune
 
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
-from polyalign_ray.distributed.pipeline import pipeline_stages, run_pipeline, variant
+from polyalign_ray.distributed.pipeline import pipeline_stages, run_pipeline, seed_config, seed_root, variant
 from polyalign_ray.sweep import (
     Domain,
     best_trial,
@@ -103,12 +103,16 @@ def tune_domain(domain: Domain, search: str) -> Any:
     return tune.randint(int(domain.low), int(domain.high))
 
 
+TRAINING_SECTION = {"sft": "sft", "sft_plain": "sft", "hdpo": "hdpo", "dpo": "hdpo"}
+"""The config section whose workers a training stage starts."""
+
+
 def trial_resources(config: PolyAlignConfig, plan: SweepPlan) -> dict[str, float]:
     """The largest CPU and GPU request among a trial's stages (they run one after another)."""
     cpu, gpu = 0.0, 0.0
     for name in plan.trial:
-        if name in ("sft", "hdpo"):
-            section = getattr(config, name)
+        if name in TRAINING_SECTION:
+            section = getattr(config, TRAINING_SECTION[name])
             if section.use_gpu:
                 gpu = max(gpu, float(section.num_workers))
             else:
@@ -266,3 +270,56 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     if failed:
         echo(f"{len(failed)} of {len(rows)} trials failed; see {md_path} and the Tune logs in {out / 'tune'}")
     return summary
+
+
+def run_seed_trial(
+    params: dict[str, Any], *, base: dict[str, Any], stages: tuple[str, ...], working_dir: str
+) -> None:
+    """One seed of a multi-seed pipeline (runs in a Tune actor): its stages, each line of progress appended to
+    ``seed_root/progress.log``."""
+    os.chdir(working_dir)
+    seed = int(params["seed"])
+    config = seed_config(config_from_dict(base), seed)
+    progress = seed_root(config_from_dict(base), seed) / "progress.log"
+    progress.parent.mkdir(parents=True, exist_ok=True)
+
+    def echo(line: str) -> None:
+        with progress.open("a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        log.info("seed %d: %s", seed, line)
+
+    began = time.perf_counter()
+    run_pipeline(config, only=stages, echo=echo)
+    tune.report({"seed": seed, "seconds": time.perf_counter() - began})
+
+
+def run_seed_trials(
+    config: PolyAlignConfig, seeds: list[int], stages: tuple[str, ...]
+) -> dict[int, dict[str, Any]]:
+    """Every seed's ``stages`` as one Tune trial each, as many at once as the cluster fits (the same resource rule
+    as sweep trials); returns per seed its status, seconds and error."""
+    out = Path(config.sft.output_dir).resolve().parent / "seeds"
+    out.mkdir(parents=True, exist_ok=True)
+    needed = trial_resources(config, SweepPlan(prefix=(), trial=stages))
+    concurrency = config.sweep.max_concurrent_trials or concurrent_trials(needed, ray.cluster_resources())
+    log.info("seeds %s: up to %d at once (each needs %s)", seeds, concurrency, needed)
+    trainable = tune.with_parameters(
+        run_seed_trial, base=config_to_dict(config), stages=stages, working_dir=os.getcwd()
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_MEMORY_BYTES}),
+        param_space={"seed": tune.grid_search(list(seeds))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0),
+    )
+    results = tuner.fit()
+    outcome: dict[int, dict[str, Any]] = {}
+    for result in results:
+        seed = int((result.config or {}).get("seed", -1))
+        metrics = result.metrics or {}
+        outcome[seed] = {
+            "status": "failed" if result.error else "done",
+            "seconds": metrics.get("seconds"),
+            "error": str(result.error).splitlines()[0][:300] if result.error else "",
+        }
+    return outcome

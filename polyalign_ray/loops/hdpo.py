@@ -34,7 +34,7 @@ from polyalign_ray.loops.checkpoints import (
     write_metrics_line,
 )
 from polyalign_ray.loops.strategy import Strategy
-from polyalign_ray.losses import hdpo_loss, sequence_log_probs
+from polyalign_ray.losses import hdpo_loss, per_token_mean, sequence_log_probs
 from polyalign_ray.sampler import BucketBalancedSampler
 
 SOURCE_STATE_FILE = "pair_source.pt"
@@ -182,15 +182,24 @@ def micro_batch_step(
                 "pairs carry no reference log-probs and the loop has no reference model: precompute them "
                 "(hdpo.reference=precompute) or pass the frozen reference"
             )
-    policy_chosen, policy_rejected, chosen_tokens, _ = pair_log_probs(model, batch)
+    policy_chosen, policy_rejected, chosen_tokens, rejected_tokens = pair_log_probs(model, batch)
     device = policy_chosen.device
     pairs = policy_chosen.shape[0]
     chosen_nll = -policy_chosen / chosen_tokens.clamp(min=1)
+    logps = [
+        policy_chosen.double(),
+        policy_rejected.double(),
+        reference_chosen.to(device),
+        reference_rejected.to(device),
+    ]
+    if hdpo.loss_type == "ipo" and hdpo.ipo_logps == "token_mean":
+        counts = [chosen_tokens, rejected_tokens, chosen_tokens, rejected_tokens]
+        logps = [per_token_mean(value, count) for value, count in zip(logps, counts, strict=True)]
     out = hdpo_loss(
-        policy_chosen_logps=policy_chosen.double(),
-        policy_rejected_logps=policy_rejected.double(),
-        reference_chosen_logps=reference_chosen.to(device),
-        reference_rejected_logps=reference_rejected.to(device),
+        policy_chosen_logps=logps[0],
+        policy_rejected_logps=logps[1],
+        reference_chosen_logps=logps[2],
+        reference_rejected_logps=logps[3],
         chosen_distance=batch["chosen_distance"].to(device),
         rejected_distance=batch["rejected_distance"].to(device),
         weights=batch["weight"].to(device),

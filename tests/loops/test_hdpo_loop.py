@@ -225,3 +225,35 @@ def test_frozen_reference_copy_equals_precomputed(tiny_model, tiny_tokenizer, tm
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     with pytest.raises(ValueError, match="reference log-probs"):
         train(copy.deepcopy(tiny_model), tiny_tokenizer, hdpo, bare, tmp_path / "c")
+
+
+@pytest.mark.parametrize("ipo_logps", ["token_mean", "sum"])
+def test_ipo_step_uses_the_configured_log_prob_reduction(tiny_model, tiny_tokenizer, ipo_logps: str) -> None:
+    """micro_batch_step with loss_type ipo gives hdpo_loss of the per-token means (TRL's IPO) or of the sums."""
+    from polyalign_ray.hdpo_data import collate_pairs
+    from polyalign_ray.loops.hdpo import micro_batch_step, pair_log_probs
+    from polyalign_ray.losses import hdpo_loss, per_token_mean
+
+    pairs = make_pairs(tiny_model, tiny_tokenizer)[:4]
+    batch = collate_pairs(pairs, tiny_tokenizer.pad_token_id)
+    hdpo = HDPOConfig(loss_type="ipo", ipo_logps=ipo_logps, reg_lambda=0.0, sft_coef=0.0)
+    with torch.no_grad():
+        loss, _ = micro_batch_step(tiny_model, batch, hdpo=hdpo, weight_mean=1.0, global_pairs=4)
+        pc, pr, nc, nr = pair_log_probs(tiny_model, batch)
+    values = [pc.double(), pr.double(), batch["reference_chosen_logps"], batch["reference_rejected_logps"]]
+    if ipo_logps == "token_mean":
+        values = [per_token_mean(v, n) for v, n in zip(values, [nc, nr, nc, nr], strict=True)]
+    expected = hdpo_loss(
+        policy_chosen_logps=values[0],
+        policy_rejected_logps=values[1],
+        reference_chosen_logps=values[2],
+        reference_rejected_logps=values[3],
+        chosen_distance=batch["chosen_distance"],
+        rejected_distance=batch["rejected_distance"],
+        weights=batch["weight"],
+        beta=hdpo.beta,
+        reg_lambda=0.0,
+        sft_coef=0.0,
+        loss_type="ipo",
+    )
+    assert loss.item() == pytest.approx(expected.loss.item(), rel=1e-9)

@@ -1,6 +1,6 @@
 """The data plane on a real local Ray instance: Ray Data prepare equals the in-process engine, and the
-embedded-default pipeline (built-in corpus -> records -> references -> plain and Bucket SFT -> critic -> DPO and HDPO ->
-evaluation -> comparison report) runs end to end, scaled down, and a rerun skips every finished stage."""
+embedded-default pipeline (built-in corpus -> records -> references -> Bucket SFT -> critic -> HDPO -> evaluation ->
+comparison report over two seeds) runs end to end, scaled down; a rerun skips every finished stage, a redo retrains."""
 
 from __future__ import annotations
 
@@ -78,9 +78,13 @@ def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> N
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
 
 
-def test_pipeline_on_the_builtin_corpus(
+def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """`polyalign pipeline --seeds 2`, scaled down: data once, each seed's SFT, critic, HDPO and evaluations as a
+    Tune trial in its own folder, one report over both seeds with intervals and the HDPO − Bucket-SFT claim; a
+    rerun skips everything; `pipeline.redo=[hdpo]` retrains HDPO from the start in every seed and re-evaluates
+    what depends on it (issue 13)."""
     small = [
         "data.builtin_max_per_bucket=60",
         "model.builtin_hidden_size=32",
@@ -93,14 +97,16 @@ def test_pipeline_on_the_builtin_corpus(
         "critic.max_prompts=200",
         "critic.epochs=4",
         "critic.hash_buckets=4096",
+        "critic.min_corruption_farther_rate=0.5",
         "hdpo.max_steps=4",
         "hdpo.max_prompts=100",
         "eval.per_bucket=4",
         "eval.min_bucket_items=2",
         "eval.human_per_bucket=40",
+        "eval.bootstrap_samples=200",
         "pipeline.baselines=false",  # plain SFT and DPO are the same stages with other settings (unit-tested)
     ]
-    assert main(["pipeline", "--output", str(tmp_path), *small]) == 0
+    assert main(["pipeline", "--output", str(tmp_path), "--seeds", "2", *small]) == 0
     data = tmp_path / "data"
     manifest = json.loads((data / "manifest.json").read_text())
     assert (
@@ -118,25 +124,46 @@ def test_pipeline_on_the_builtin_corpus(
     assert "| bucket | train | val | test |" in out
     assert "Empty buckets" in out
     assert (data / "buckets.md").is_file()
-    assert json.loads((tmp_path / "sft" / "summary.json").read_text())["steps"] == 6
-    assert json.loads((tmp_path / "critic" / "summary.json").read_text())["gates_passed"]
-    assert (tmp_path / "hdpo" / "final" / "config.json").is_file()
+    for seed in (0, 1):
+        root = tmp_path / "seeds" / f"seed_{seed}"
+        assert json.loads((root / "sft" / "summary.json").read_text())["steps"] == 6
+        assert json.loads((root / "critic" / "summary.json").read_text())["gates_passed"]
+        assert (root / "hdpo" / "final" / "config.json").is_file()
+        assert "hdpo: HDPO" in (root / "progress.log").read_text()
+    sft_losses = [
+        json.loads((tmp_path / "seeds" / f"seed_{s}" / "sft" / "summary.json").read_text())["losses"]
+        for s in (0, 1)
+    ]
+    assert sft_losses[0] != sft_losses[1]  # the seeds trained different runs
     report = (tmp_path / "eval" / "report" / "report.md").read_text()
     for name in ("base", "sft", "hdpo"):
         assert f"| {name} |" in report
     assert "| en | hdpo |" in report and "| zh | hdpo |" in report
     assert "| single | sft |" in report and "| multi | sft |" in report
+    assert "2 seed(s) per run" in report and "### HDPO − Bucket-SFT" in report
+    comparison = json.loads((tmp_path / "eval" / "report" / "comparison.json").read_text())
+    bng = comparison["estimates"]["hdpo"]["overall"]["all"]["bng"]
+    assert bng["seeds"] == 2 and bng["scheme"] == "seeds+items" and bng["low"] <= bng["mean"] <= bng["high"]
+    assert "Mean ± 95% interval half-width, 2 seed(s)" in out and "HDPO − Bucket-SFT:" in out
     assert "Comparison report" in out
-    # a second run finds every stage done and redoes what pipeline.redo names, from the start, and every stage
-    # that reads its outputs (issue 13: a redone stage used to reload its old final checkpoint and train nothing)
-    first_hdpo = (tmp_path / "hdpo" / "metrics.jsonl").read_text()
-    assert main(["pipeline", "--output", str(tmp_path), *small, "pipeline.redo=[hdpo]"]) == 0
+
+    # a second run finds every stage done
+    assert main(["pipeline", "--output", str(tmp_path), "--seeds", "2", *small]) == 0
     again = capsys.readouterr().out
-    assert again.count("done earlier, skipped") == 5
-    assert "hdpo: HDPO ... (redo requested: starting over" in again
-    assert "eval_hdpo: evaluate hdpo ... (reopened: hdpo ran again" in again
-    assert "compare: comparison report ... (reopened: eval_hdpo ran again" in again
-    redone = json.loads((tmp_path / "hdpo" / "summary.json").read_text())
+    assert (
+        "seed 0: every stage done earlier, skipped" in again and "seed 1: every stage done earlier" in again
+    )
+    assert "compare: comparison over 2 seeds — done earlier, skipped" in again
+
+    # redo HDPO: trained again from the start in both seeds, its evaluation and the report follow (issue 13)
+    first_hdpo = (tmp_path / "seeds" / "seed_0" / "hdpo" / "metrics.jsonl").read_text()
+    assert main(["pipeline", "--output", str(tmp_path), "--seeds", "2", *small, "pipeline.redo=[hdpo]"]) == 0
+    redone_out = capsys.readouterr().out
+    assert "compare: comparison over 2 seeds ... (reopened:" in redone_out
+    progress = (tmp_path / "seeds" / "seed_0" / "progress.log").read_text()
+    assert "hdpo: HDPO ... (redo requested: starting over" in progress
+    assert "eval_hdpo: evaluate hdpo ... (reopened: hdpo ran again" in progress
+    assert "sft: Bucket-Aware SFT — done earlier, skipped" in progress
+    redone = json.loads((tmp_path / "seeds" / "seed_0" / "hdpo" / "summary.json").read_text())
     assert (redone["steps"], redone["resumed_from_step"]) == (4, 0)
-    assert (tmp_path / "hdpo" / "metrics.jsonl").read_text().count("\n") == first_hdpo.count("\n")
-    assert (tmp_path / "hdpo" / "previous" / "metrics.jsonl").read_text() == first_hdpo
+    assert (tmp_path / "seeds" / "seed_0" / "hdpo" / "previous" / "metrics.jsonl").read_text() == first_hdpo

@@ -157,3 +157,40 @@ def test_hdpo_cli_maps_its_flags(monkeypatch) -> None:
         "online",
         "ck",
     )
+
+
+@pytest.mark.parametrize(
+    "path", ["runs/exp #2", "runs/my exp", "off", "null", "2024", "yes", "runs/[a]", "a: b"]
+)
+def test_flags_set_typed_values_and_paths_stay_strings(path: str, monkeypatch) -> None:
+    """A flag's value is taken as it is; parsed as YAML ('KEY=VALUE' overrides) '#' starts a comment, 'off' is a
+    boolean, 'null' is None, '2024' a number."""
+    import polyalign_ray.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_run_pipeline", lambda config: seen.update(config=config) or 0)
+    monkeypatch.setattr(cli, "_run_prepare", lambda config, engine: seen.update(config=config) or 0)
+    assert main(["pipeline", "--output", path]) == 0
+    config = seen["config"]
+    assert (config.data.output_dir, config.sft.output_dir) == (f"{path}/data", f"{path}/sft")
+    assert config.eval.output_dir == f"{path}/eval" and config.critic.output_dir == f"{path}/critic"
+    assert main(["prepare", "--output", path, "--input", path, "--input", "b.jsonl"]) == 0
+    assert (seen["config"].data.output_dir, seen["config"].data.inputs) == (path, (path, "b.jsonl"))
+
+
+def test_dotted_overrides_still_parse_yaml_and_win_over_flags(monkeypatch) -> None:
+    import polyalign_ray.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_run_pipeline", lambda config: seen.update(config=config) or 0)
+    assert (
+        main(["pipeline", "--output", "o", "--seeds", "3", "sft.output_dir=elsewhere", "sampler.alpha=0.5"])
+        == 0
+    )
+    config = seen["config"]
+    assert (config.sft.output_dir, config.sampler.alpha, config.pipeline.seeds) == (
+        "elsewhere",
+        0.5,
+        (0, 1, 2),
+    )
+    assert main(["pipeline", "--seeds", "0"]) == 2

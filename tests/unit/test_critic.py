@@ -124,3 +124,17 @@ def test_frozen_lm_encoder_critic_round_trip(tmp_path: Path) -> None:
     assert spearman(scores, targets(heldout)) == pytest.approx(summary["heldout_spearman"], abs=1e-6)
     with pytest.raises(ValueError, match="frozen_lm"):
         train_critic(examples, config)
+
+
+def test_boundary_ngrams_mark_how_an_answer_starts_and_ends() -> None:
+    """ "abcd": ^a ^ab ^abc d$ cd$ bcd$ (6 ids); "a": ^a a$; a cut answer ends differently from the full one."""
+    import zlib
+
+    from polyalign_ray.critic.encoders import boundary_ngram_ids
+
+    grams = ["^a", "^ab", "^abc", "d$", "cd$", "bcd$"]
+    assert boundary_ngram_ids("abcd", 1 << 20) == [zlib.crc32(g.encode()) % (1 << 20) for g in grams]
+    assert len(boundary_ngram_ids(" a ", 1000)) == 2
+    assert len(boundary_ngram_ids("", 1000)) == 1
+    full, cut = boundary_ngram_ids("It rains.", 1 << 20), boundary_ngram_ids("It rai", 1 << 20)
+    assert full[:3] == cut[:3] and not set(full[3:]) & set(cut[3:])

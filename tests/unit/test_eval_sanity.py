@@ -14,7 +14,7 @@ from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import prepare_in_process, write_jsonl
 from polyalign_ray.corpus.readers import discover_read_units
 from polyalign_ray.corpus.tables import load_split
-from polyalign_ray.evaluation.scoring import ScoringSettings, human_references, score_predictions
+from polyalign_ray.evaluation.scoring import ScoringSettings, human_references, prepare_run, score_predictions
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +74,37 @@ def test_answers_shuffled_across_buckets_score_clearly_worse(scored) -> None:
 
 
 def test_comparison_report_and_plots(scored, tmp_path: Path) -> None:
-    """Two 'runs' (the human answers and the shuffled ones) side by side: tables per language, track and bucket,
-    and three plots that open as images."""
+    """Two 'runs' (the human answers and the shuffled ones) side by side with intervals over the test items:
+    tables per language, track and bucket, the claim as a paired difference, and four plots that open as images."""
     import matplotlib.image
 
+    from polyalign_ray.evaluation.comparison import compare_runs
     from polyalign_ray.evaluation.report import plot_comparison, render_comparison
     from polyalign_ray.schema import count_length_tokens
 
+    test, human = scored["test"], scored["human"]
+    settings = ScoringSettings(min_bucket_items=8)
+    shuffled = [r["response"] for r in test]
+    random.Random(0).shuffle(shuffled)
+    prepared = {
+        "human": [prepare_run(test, [r["response"] for r in test], human, settings)],
+        "shuffled": [prepare_run(test, shuffled, human, settings)],
+    }
+    comparison = compare_runs(prepared, samples=300, claims=[("human", "shuffled", "human − shuffled")])
+    # the point estimates are the report's own values
+    for metric in ("f1", "bng", "c_mauve", "mauve", "aggregate"):
+        point = comparison["estimates"]["human"]["overall"]["all"][metric]
+        assert point["mean"] == pytest.approx(scored["ideal"]["overall"][metric])
+        assert point["low"] <= point["mean"] <= point["high"]
+    claim = comparison["differences"]["human − shuffled"]["groups"]["overall"]["all"]
+    assert claim["bng"]["verdict"] == "better" and claim["f1"]["verdict"] == "better"
+    assert claim["self_bleu4"]["verdict"] == "n/a"  # a set metric, one seed: no interval
     lengths: dict[str, list[int]] = {}
-    for record in scored["test"]:
+    for record in test:
         lengths.setdefault(record["bucket_id"], []).append(count_length_tokens(record["response"]))
-    reports = [
-        {**scored["ideal"], "name": "human", "lengths": lengths},
-        {**scored["shuffled"], "name": "shuffled", "lengths": {}},
-    ]
-    plots = plot_comparison(reports, lengths, tmp_path / "plots")
-    text = render_comparison(reports, plots)
-    assert len(plots) == 3
+    plots = plot_comparison(comparison, {"human": lengths}, lengths, tmp_path / "plots")
+    text = render_comparison(comparison, plots)
+    assert len(plots) == 4
     for plot in plots:
         image = matplotlib.image.imread(tmp_path / plot)
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -98,6 +112,7 @@ def test_comparison_report_and_plots(scored, tmp_path: Path) -> None:
     assert "| single | human |" in text and "| multi | shuffled |" in text
     for bucket in scored["ideal"]["by_bucket"]:
         assert f"| {bucket} | human |" in text
-    # the best BNG of the overall table is the human one, in bold
+    assert "### human − shuffled" in text and "▲" in text
+    # the best BNG of the overall table is the human one, in bold, with its interval
     overall_row = next(line for line in text.splitlines() if line.startswith("| human |"))
-    assert f"**{scored['ideal']['overall']['bng']:.3f}**" in overall_row
+    assert f"**{scored['ideal']['overall']['bng']:.3f}** ± " in overall_row

@@ -138,3 +138,46 @@ def test_overlap_seconds_by_hand() -> None:
     assert overlap_seconds([(2.0, 3.0)], training) == 0.0  # only in the gap
     assert overlap_seconds([(1.0, 4.0), (1.5, 3.5)], training) == pytest.approx(3.0)  # two actors: 2 + 1
     assert overlap_seconds([(6.0, 7.0)], training) == 0.0
+
+
+def test_online_weight_mean_never_depends_on_the_batch_it_normalizes() -> None:
+    """One pair per step with weight 3: normalized by the batch's own mean (the former running mean on step 1) the
+    weight cancels and the preference loss is ln 2 whatever the weight; held, step 1 divides by the prior (here
+    the prompts' mean rarity weight: buckets a (rarity 1) and b (rarity 0), a = 0.5 -> clip(1.5), clip(1.0) ->
+    mean 1.25) and step 2 by step 1's pairs."""
+    import math
+
+    import torch
+
+    from polyalign_ray.losses import hdpo_loss
+    from polyalign_ray.rollouts import HeldWeightMean
+
+    held = HeldWeightMean.from_prompts(["a", "b"], {"a": 1.0, "b": 0.0}, a=0.5, w_min=0.5, w_max=3.0)
+    assert held.value == pytest.approx(1.25)
+
+    def preference(weight_mean: float) -> float:
+        zero = torch.zeros(1, dtype=torch.float64)
+        out = hdpo_loss(
+            policy_chosen_logps=zero,
+            policy_rejected_logps=zero,
+            reference_chosen_logps=zero,
+            reference_rejected_logps=zero,
+            chosen_distance=zero,
+            rejected_distance=zero,
+            weights=torch.tensor([3.0], dtype=torch.float64),
+            weight_mean=weight_mean,
+        )
+        return out.preference_loss.item()
+
+    assert preference(3.0) == pytest.approx(math.log(2))  # the batch's own mean: the weight is gone
+    step_1 = held.value
+    held.update([3.0])
+    assert preference(step_1) == pytest.approx(3.0 * math.log(2) / 1.25)
+    assert held.value == 3.0  # step 2 divides by step 1's pairs
+    held.update([1.0, 2.0])
+    assert held.value == pytest.approx(2.0)
+    again = HeldWeightMean.from_state(held.state())
+    assert (again.value, again.prior) == (2.0, 1.25)
+    assert HeldWeightMean.from_prompts([], {}, a=0.5, w_min=0.5, w_max=3.0).value == 1.0
+    with pytest.raises(ValueError):
+        HeldWeightMean(0.0)

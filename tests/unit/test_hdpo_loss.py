@@ -147,3 +147,30 @@ def test_pair_weights_golden() -> None:
         torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.1, 0.0, 1.0]), torch.tensor([0.5, 3.0, 0.0])
     )
     assert w.tolist() == pytest.approx([1.4, 3.0, 1.0])
+
+
+def test_ipo_on_per_token_means_as_trl_and_on_sums() -> None:
+    """Chosen: policy -4, reference -6 over 4 tokens (log-ratio sum 2, mean 0.5); rejected: policy -3, reference -2
+    over 2 tokens (sum -1, mean -0.5). beta = 0.1, target 1 / (2 beta) = 5. Means: h = 1, loss (1 - 5)^2 = 16;
+    sums: h = 3, loss (3 - 5)^2 = 4."""
+    from polyalign_ray.losses import per_token_mean
+
+    chosen_tokens, rejected_tokens = torch.tensor([4]), torch.tensor([2])
+    values = {
+        "policy_chosen_logps": torch.tensor([-4.0], dtype=torch.float64),
+        "policy_rejected_logps": torch.tensor([-3.0], dtype=torch.float64),
+        "reference_chosen_logps": torch.tensor([-6.0], dtype=torch.float64),
+        "reference_rejected_logps": torch.tensor([-2.0], dtype=torch.float64),
+    }
+    counts = {
+        "policy_chosen_logps": chosen_tokens,
+        "policy_rejected_logps": rejected_tokens,
+        "reference_chosen_logps": chosen_tokens,
+        "reference_rejected_logps": rejected_tokens,
+    }
+    common = {"chosen_distance": torch.zeros(1), "rejected_distance": torch.zeros(1), "beta": 0.1}
+    common.update(reg_lambda=0.0, sft_coef=0.0, loss_type="ipo")
+    means = {k: per_token_mean(v, counts[k]) for k, v in values.items()}
+    assert hdpo_loss(**means, **common).loss.item() == pytest.approx(16.0)
+    assert hdpo_loss(**values, **common).loss.item() == pytest.approx(4.0)
+    assert per_token_mean(torch.tensor([-3.0]), torch.tensor([0])).item() == -3.0  # no token: divided by 1
