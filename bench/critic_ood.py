@@ -34,10 +34,10 @@ from polyalign_ray.config import load_config
 from polyalign_ray.critic.corruptions import corrupt_records
 from polyalign_ray.critic.scorer import CriticScorer
 from polyalign_ray.critic.train import build_critic_examples, save_critic_bundle, spearman, train_critic
-from polyalign_ray.distributed.hdpo import load_samples
-from polyalign_ray.distributed.stages import critic_records
 from polyalign_ray.features import features_matrix
 from polyalign_ray.references import ReferenceSet
+from polyalign_ray.stages.critic import critic_records
+from polyalign_ray.stages.hdpo import load_samples
 
 ALTERATIONS = ("repeated", "cut", "other_bucket", "other_language", "relabeled", "relabeled_any")
 

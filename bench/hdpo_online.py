@@ -242,7 +242,9 @@ def base_overrides(args, work: Path) -> list[str]:
 def setup(args, work: Path) -> dict[str, Any]:
     """prepare -> references -> SFT -> critic, skipping what a previous run of this script left in ``work``."""
     from polyalign_ray.config import load_config
-    from polyalign_ray.distributed.stages import run_critic_stage, run_prepare, run_references, run_sft_stage
+    from polyalign_ray.stages.critic import run_critic_stage
+    from polyalign_ray.stages.data import run_prepare, run_references
+    from polyalign_ray.stages.sft import run_sft_stage
 
     config = load_config(None, base_overrides(args, work))
     times: dict[str, float] = {}
@@ -301,7 +303,7 @@ def median_after(values: list[float], exclude: int) -> float | None:
 
 def measure(args, work: Path, name: str, overrides: list[str], repeat: int) -> dict[str, Any]:
     from polyalign_ray.config import load_config
-    from polyalign_ray.distributed.stages import run_hdpo_stage
+    from polyalign_ray.stages.hdpo import run_hdpo_stage
 
     out = (work / "runs" / f"{name}_r{repeat}").resolve()
     if out.exists():
@@ -383,10 +385,10 @@ def probe_generator(args, work: Path) -> list[dict[str, Any]]:
     ``RolloutWorker.rollout``, then the critic's ``score_rollout`` of the batch."""
     import torch
 
-    import polyalign_ray.rollouts as rollouts
+    import polyalign_ray.rollout_worker as rollouts
     from polyalign_ray.config import load_config
     from polyalign_ray.critic.scorer import CriticScorer
-    from polyalign_ray.distributed.hdpo import hdpo_prompt_records
+    from polyalign_ray.stages.hdpo import hdpo_prompt_records
 
     config = load_config(None, base_overrides(args, work))
     records = hdpo_prompt_records(config).to_pylist()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SFT on Ray Train + DeepSpeed: 1 vs 2 workers, and the cost of ZeRO stages 0/2/3, on this machine's CPUs.
 
-Each configuration is one ``distributed.stages.run_sft_stage(config)`` (Ray Data tokenization of the train split,
+Each configuration is one ``stages.sft.run_sft_stage(config)`` (Ray Data tokenization of the train split,
 then a ``TorchTrainer`` whose workers run the SFT loop on a DeepSpeed engine) inside one local Ray instance
 (``ray.init(num_cpus=3, include_dashboard=False)``), on the built-in corpus prepared once by
 ``run_prepare(config, engine="local")``, with the default built-in model (hidden 128) and micro-batch 4 per
@@ -240,13 +240,14 @@ _ORIGINALS: dict[str, Any] = {}
 
 
 def time_driver_phases() -> dict[str, float]:
-    """Wall time of ``tokenize_with_ray`` and ``TorchTrainer.fit`` inside ``run_sft_with_ray``, by wrapping the
-    names that module looks up at call time (no package file is changed)."""
-    import polyalign_ray.distributed.train as train_module
+    """Wall time of ``tokenize_with_ray`` and ``TorchTrainer.fit`` inside ``run_sft_stage``, by wrapping the
+    names the data and launcher modules look up at call time (no package file is changed)."""
+    import polyalign_ray.distributed.data as data_module
+    import polyalign_ray.distributed.launcher as launcher_module
 
     phases = {"tokenize_with_ray": 0.0, "fit": 0.0}
-    _ORIGINALS.setdefault("tokenize_with_ray", train_module.tokenize_with_ray)
-    _ORIGINALS.setdefault("TorchTrainer", train_module.TorchTrainer)
+    _ORIGINALS.setdefault("tokenize_with_ray", data_module.tokenize_with_ray)
+    _ORIGINALS.setdefault("TorchTrainer", launcher_module.TorchTrainer)
 
     def tokenize_with_ray(*a, **k):
         t = time.perf_counter()
@@ -263,16 +264,17 @@ def time_driver_phases() -> dict[str, float]:
             finally:
                 phases["fit"] += time.perf_counter() - t
 
-    train_module.tokenize_with_ray = tokenize_with_ray
-    train_module.TorchTrainer = TimedTorchTrainer
+    data_module.tokenize_with_ray = tokenize_with_ray
+    launcher_module.TorchTrainer = TimedTorchTrainer
     return phases
 
 
 def restore_driver_phases() -> None:
-    import polyalign_ray.distributed.train as train_module
+    import polyalign_ray.distributed.data as data_module
+    import polyalign_ray.distributed.launcher as launcher_module
 
-    train_module.tokenize_with_ray = _ORIGINALS["tokenize_with_ray"]
-    train_module.TorchTrainer = _ORIGINALS["TorchTrainer"]
+    data_module.tokenize_with_ray = _ORIGINALS["tokenize_with_ray"]
+    launcher_module.TorchTrainer = _ORIGINALS["TorchTrainer"]
 
 
 def paired_step_delta(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -284,7 +286,7 @@ def paired_step_delta(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def measure(args, data_dir: Path, out: Path, workers: int, zero: int, threads: int | None) -> dict[str, Any]:
     from polyalign_ray.config import load_config
-    from polyalign_ray.distributed.stages import run_sft_stage
+    from polyalign_ray.stages.sft import run_sft_stage
 
     overrides = overrides_for(args, data_dir, out, workers, zero, threads, args.steps)
     config = load_config(None, overrides)
@@ -472,7 +474,7 @@ def main(argv=None) -> int:
     import torch
 
     from polyalign_ray.config import load_config
-    from polyalign_ray.distributed.stages import ensure_base_model, run_prepare
+    from polyalign_ray.stages.data import ensure_base_model, run_prepare
 
     cpu = platform.machine()
     with open("/proc/cpuinfo") as f:
@@ -596,7 +598,7 @@ def main(argv=None) -> int:
 def measure_warmup(args, data_dir: Path, out: Path) -> float:
     """An untimed short fit (1 worker, ZeRO-2): first imports, page cache, Ray worker pool."""
     from polyalign_ray.config import load_config
-    from polyalign_ray.distributed.stages import run_sft_stage
+    from polyalign_ray.stages.sft import run_sft_stage
 
     config = load_config(None, overrides_for(args, data_dir, out, 1, 2, None, 3))
     t0 = time.perf_counter()

@@ -303,7 +303,7 @@ def interrupted_message(command: str) -> str:
 
 
 def _run_prepare(config: PolyAlignConfig, engine: str) -> int:
-    from polyalign_ray.distributed.stages import run_prepare
+    from polyalign_ray.stages.data import run_prepare
 
     if engine == "local":
         run_prepare(config, engine="local")
@@ -317,7 +317,7 @@ def _run_prepare(config: PolyAlignConfig, engine: str) -> int:
 
 def _run_references(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_references
+    from polyalign_ray.stages.data import run_references
 
     with ray_runtime(config.ray):
         print(run_references(config))
@@ -326,7 +326,7 @@ def _run_references(config: PolyAlignConfig) -> int:
 
 def _run_sft(config: PolyAlignConfig, resume_from: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_sft_stage
+    from polyalign_ray.stages.sft import run_sft_stage
 
     with ray_runtime(config.ray):
         run_sft_stage(config, resume_from=resume_from)
@@ -336,7 +336,7 @@ def _run_sft(config: PolyAlignConfig, resume_from: str) -> int:
 def _run_critic(config: PolyAlignConfig) -> int:
     from polyalign_ray.critic.train import CriticQualityError
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_critic_stage
+    from polyalign_ray.stages.critic import run_critic_stage
 
     with ray_runtime(config.ray):
         try:
@@ -349,7 +349,7 @@ def _run_critic(config: PolyAlignConfig) -> int:
 
 def _run_hdpo(config: PolyAlignConfig, resume_from: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_hdpo_stage
+    from polyalign_ray.stages.hdpo import run_hdpo_stage
 
     with ray_runtime(config.ray):
         summary = run_hdpo_stage(config, resume_from=resume_from)
@@ -371,7 +371,7 @@ def hdpo_line(summary: dict, output_dir: str) -> str:
 
 def _run_eval(config: PolyAlignConfig, model: str, name: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_eval_stage
+    from polyalign_ray.stages.evaluate import run_eval_stage
 
     with ray_runtime(config.ray):
         report = run_eval_stage(config, model, name)
@@ -389,7 +389,7 @@ def _num(value: float | None) -> str:
 
 
 def _run_compare(config: PolyAlignConfig, runs: Sequence[str]) -> int:
-    from polyalign_ray.distributed.stages import run_compare
+    from polyalign_ray.stages.evaluate import run_compare
 
     path = run_compare(config, list(runs))
     print(f"comparison report: {path}")
@@ -398,7 +398,7 @@ def _run_compare(config: PolyAlignConfig, runs: Sequence[str]) -> int:
 
 def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output_path: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.stages import run_score
+    from polyalign_ray.stages.critic import run_score
 
     with ray_runtime(config.ray):
         count = run_score(config, critic_dir, input_path, output_path)
@@ -407,8 +407,8 @@ def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output
 
 
 def _run_pipeline(config: PolyAlignConfig) -> int:
-    from polyalign_ray.distributed.pipeline import run_pipeline
     from polyalign_ray.distributed.runtime import ray_runtime
+    from polyalign_ray.stages.pipeline import run_pipeline
 
     with ray_runtime(config.ray):
         results = run_pipeline(config)
@@ -418,7 +418,7 @@ def _run_pipeline(config: PolyAlignConfig) -> int:
 
 def _run_sweep(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
-    from polyalign_ray.distributed.tune import run_sweep
+    from polyalign_ray.distributed.tune_trials import run_sweep
 
     with ray_runtime(config.ray):
         summary = run_sweep(config)
@@ -542,7 +542,7 @@ def pipeline_summary(config: PolyAlignConfig, results: dict) -> str:
         if hdpo:
             lines.append(hdpo_line(hdpo, config.hdpo.output_dir))
     else:
-        from polyalign_ray.distributed.pipeline import seed_root
+        from polyalign_ray.stages.pipeline import seed_root
 
         lines.append(
             f"Per seed (models, metrics, evaluations): {seed_root(config, config.pipeline.seeds[0]).parent}/"

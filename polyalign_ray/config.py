@@ -508,7 +508,7 @@ class HDPOConfig:
     small machine they share the trainers' cores."""
     generation_backend: str = "hf"
     """Online: ``hf`` (HF generate, CPU or GPU) or ``package.module:ClassName``, a class with the interface of
-    ``rollouts.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
+    ``rollout_worker.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
     log_every: int = 5
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -620,7 +620,7 @@ PIPELINE_STAGE_NAMES: tuple[str, ...] = (
     "eval_hdpo",
     "compare",
 )
-"""The stages of ``polyalign pipeline``, in order (``distributed/pipeline.py``)."""
+"""The stages of ``polyalign pipeline``, in order (``stages/pipeline.py``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -653,6 +653,7 @@ class PipelineConfig:
 
 SWEEP_METRICS: tuple[str, ...] = (
     "aggregate",
+    "naturalness",
     "nuf_hypervolume",
     "c_mauve",
     "mauve",
@@ -691,9 +692,19 @@ class SweepConfig:
     max_concurrent_trials: int = 0
     """0: as many as the cluster's CPUs (GPUs) fit, from each trial's training and generation resources."""
     seed: int = 0
+    seeds: tuple[int, ...] = ()
+    """E.g. [0, 1, 2]: every point of the space runs once per seed, seeded as ``polyalign pipeline --seeds`` (its
+    shared stages in the same ``OUT/seeds/seed_N`` folders, so a sweep after a multi-seed pipeline reuses its SFT and
+    critic); a point's objective is its mean over seeds. Needs search grid or random."""
+    baseline: str = ""
+    """A run the multi-seed pipeline evaluated per seed (e.g. dpo): the best point is compared with it (paired
+    differences with 95% intervals, ``best_vs_baseline/``) and ``min_utility_ratio`` is measured against it."""
+    min_utility_ratio: float = 0.0
+    """A point is eligible as best only if its mean F1 is at least this times the baseline's mean F1 (e.g. 0.95:
+    naturalness without losing more than 5% of the baseline's utility). Needs ``baseline``."""
 
     def problems(self, path: str) -> list[str]:
-        from polyalign_ray.sweep import space_problems
+        from polyalign_ray.sweep_space import space_problems
 
         out = space_problems(self.space, self.search, f"{path}.space")
         if self.metric not in SWEEP_METRICS:
@@ -707,6 +718,18 @@ class SweepConfig:
         if self.max_concurrent_trials < 0:
             out.append(
                 f"{path}.max_concurrent_trials must be >= 0 (0: from resources), got {self.max_concurrent_trials}"
+            )
+        if self.seeds and self.search == "optuna":
+            out.append(
+                f"{path}.seeds needs {path}.search grid or random (Optuna proposes one value per trial)"
+            )
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            out.append(f"{path}.seeds must be distinct non-negative integers, got {list(self.seeds)}")
+        if not 0 <= self.min_utility_ratio <= 1:
+            out.append(f"{path}.min_utility_ratio must be in [0, 1], got {self.min_utility_ratio}; e.g. 0.95")
+        if self.min_utility_ratio and not self.baseline:
+            out.append(
+                f"{path}.min_utility_ratio needs {path}.baseline (the run whose F1 it is measured against)"
             )
         return out
 

@@ -1,6 +1,6 @@
 """Sampling answers from a policy for records: the same prompt renderer as training, left-padded batches, HF
 ``generate``. Used for the critic's model answers, offline HDPO pairs, rollouts and evaluation; Ray Data runs it
-in actors (``distributed/generate.py``), and a vLLM backend can replace it on GPU clusters."""
+in actors (``distributed/batch_generation.py``), and a vLLM backend can replace it on GPU clusters."""
 
 from __future__ import annotations
 

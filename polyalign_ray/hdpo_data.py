@@ -278,3 +278,159 @@ def choose_online_pair(
 def labels_are_empty(labels: np.ndarray) -> bool:
     """True when a sequence has no response token to score (its prompt filled ``max_length``)."""
     return not bool((labels[1:] != IGNORE_INDEX).any())
+
+
+class PairPreparer:
+    """Ray Data callable class: pair rows (record fields + chosen, rejected, distances, weight) -> tokenized pairs
+    with the frozen reference's log-probs (one model copy per actor). Pairs whose chosen or rejected answer has no
+    token left after truncation are dropped (and counted by the caller)."""
+
+    def __init__(self, model_path: str, model: dict[str, Any], precompute: bool, torch_threads: int = 1):
+        from polyalign_ray.config import ModelConfig, config_from_dict
+        from polyalign_ray.models import load_causal_lm, load_tokenizer
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model_config = config_from_dict(model, ModelConfig)
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_causal_lm(model_path, self.model_config) if precompute else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pairs = []
+        for row in batch.to_pylist():
+            kwargs = {
+                "max_length": self.model_config.max_length,
+                "profile_conditioning": self.model_config.profile_conditioning,
+            }
+            chosen = tokenize_answer(self.tokenizer, row, row["chosen"], **kwargs)
+            rejected = tokenize_answer(self.tokenizer, row, row["rejected"], **kwargs)
+            if labels_are_empty(chosen[1]) or labels_are_empty(rejected[1]):
+                continue
+            pairs.append(
+                TokenizedPair(
+                    bucket_id=row["bucket_id"],
+                    chosen_ids=chosen[0],
+                    chosen_labels=chosen[1],
+                    rejected_ids=rejected[0],
+                    rejected_labels=rejected[1],
+                    chosen_distance=float(row["chosen_distance"]),
+                    rejected_distance=float(row["rejected_distance"]),
+                    weight=float(row["weight"]),
+                    pair_id=row["pair_id"],
+                )
+            )
+        if self.model is not None and pairs:
+            pad = self.tokenizer.pad_token_id
+            chosen_logps = reference_sequence_logps(
+                self.model, [(p.chosen_ids, p.chosen_labels) for p in pairs], pad
+            )
+            rejected_logps = reference_sequence_logps(
+                self.model, [(p.rejected_ids, p.rejected_labels) for p in pairs], pad
+            )
+            for pair, c, r in zip(pairs, chosen_logps, rejected_logps, strict=True):
+                pair.reference_chosen_logps, pair.reference_rejected_logps = float(c), float(r)
+        return pairs_table(pairs) if pairs else PAIR_SCHEMA.empty_table()
+
+
+def offline_pair_weights(
+    pairs: Sequence[Mapping[str, Any]],
+    chosen_distance: Sequence[float],
+    rejected_distance: Sequence[float],
+    hdpo: Any,
+    bucket_counts: Mapping[str, int],
+) -> np.ndarray:
+    """The pair weights w_i of METHOD.md section 5 (all 1 with ``hdpo.unit_weights``), rarity from the train split's
+    bucket counts."""
+    if hdpo.unit_weights:
+        return np.ones(len(pairs))
+    return weights_for_pairs(
+        [p["bucket_id"] for p in pairs],
+        chosen_distance,
+        rejected_distance,
+        bucket_rarity(bucket_counts),
+        a=hdpo.weight_rarity,
+        c=hdpo.weight_gap,
+        w_min=hdpo.weight_min,
+        w_max=hdpo.weight_max,
+    )
+
+
+OFFLINE_PAIR_COLUMNS = (
+    "pair_id",
+    "id",
+    "bucket_id",
+    "system",
+    "context",
+    "history",
+    "prompt",
+    "chosen",
+    "rejected",
+)
+"""The record and answer fields an offline pair row keeps (with its language, track, family, length bin,
+distances and weight)."""
+
+
+def offline_pair_rows(
+    pairs: Sequence[Mapping[str, Any]],
+    chosen_distance: Sequence[float],
+    rejected_distance: Sequence[float],
+    weights: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Offline pairs with their critic distances and weights: the rows that are tokenized and stored."""
+    keep = ("language", "track", "family", "length_bin")
+    return [
+        {
+            **{k: p[k] for k in (*OFFLINE_PAIR_COLUMNS, *keep)},
+            "chosen_distance": float(dc),
+            "rejected_distance": float(dr),
+            "weight": float(w),
+        }
+        for p, dc, dr, w in zip(pairs, chosen_distance, rejected_distance, weights, strict=True)
+    ]
+
+
+class HeldWeightMean:
+    """w-bar of METHOD.md for online pairs: a mean that never depends on the batch it normalizes.
+
+    Dividing a step's weights by a mean that includes them (the former running mean over the pairs built so far
+    was, on the first steps, the batch's own mean) cancels the weights: with one pair per step every weight becomes
+    1, the defect METHOD.md's global normalization exists to avoid. Here step 1 divides by a **prior** (the expected
+    weight of the train prompts' buckets: ``clip(1 + a * rarity(b), w_min, w_max)`` averaged over the prompts; the
+    distance-gap term is unknown before any rollout and counts as 0), and step t by the mean weight of the pairs
+    used in steps 1..t-1.
+    """
+
+    def __init__(self, prior: float):
+        if prior <= 0:
+            raise ValueError(f"the prior weight mean must be > 0, got {prior}")
+        self.prior = float(prior)
+        self.total = 0.0
+        self.count = 0
+
+    @classmethod
+    def from_prompts(
+        cls, buckets: Sequence[str], rarity: Mapping[str, float], *, a: float, w_min: float, w_max: float
+    ) -> HeldWeightMean:
+        if not buckets:
+            return cls(1.0)
+        zeros = [0.0] * len(buckets)
+        weights = weights_for_pairs(buckets, zeros, zeros, rarity, a=a, c=0.0, w_min=w_min, w_max=w_max)
+        return cls(float(np.mean(weights)))
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else self.prior
+
+    def update(self, weights: Sequence[float]) -> None:
+        """Fold in the weights of the pairs a step used (after that step took :attr:`value`)."""
+        self.total += float(sum(weights))
+        self.count += len(weights)
+
+    def state(self) -> dict[str, float]:
+        return {"prior": self.prior, "total": self.total, "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, float]) -> HeldWeightMean:
+        held = cls(state["prior"])
+        held.total, held.count = float(state["total"]), int(state["count"])
+        return held

@@ -105,14 +105,18 @@ class TrainingRun:
     """The explicit checkpoint to start from (``--resume-from``), moved with ``previous/`` when it lay inside."""
 
 
-def read_run_file(output_dir: Path) -> dict[str, Any]:
-    path = output_dir / RUN_FILE
+def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON marker file's content, or {} when it is missing or half-written (it then counts as absent)."""
     if not path.is_file():
         return {}
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return {}
+
+
+def read_run_file(output_dir: Path) -> dict[str, Any]:
+    return read_json_file(output_dir / RUN_FILE)
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
@@ -197,3 +201,23 @@ def finish_training_run(output_dir: str | Path, run: TrainingRun) -> None:
         Path(output_dir) / RUN_FILE,
         {"name": run.name, "fingerprint": run.fingerprint, "finished": True, "finished_at": time.time()},
     )
+
+
+def open_stage_run(
+    config: Any, section: str, sections: tuple[str, ...], inputs: Mapping[str, str], **kwargs: Any
+) -> TrainingRun:
+    """The training run of stage ``section`` (``config.<section>.output_dir``): its fingerprint from the config
+    ``sections`` and ``inputs``, then :func:`open_training_run`; says on the log whether it continues or starts
+    over."""
+    from polyalign_ray.config import config_to_dict
+
+    data = config_to_dict(config)
+    fingerprint = training_fingerprint({name: data[name] for name in sections}, section, inputs)
+    run = open_training_run(getattr(config, section).output_dir, section, fingerprint, **kwargs)
+    log.info("%s: %s (run %s)", section, run.reason, run.name)
+    return run
+
+
+def absolute(path: str) -> str:
+    """``path`` made absolute ("" stays ""): workers run in another working directory than the driver."""
+    return str(Path(path).resolve()) if path else ""

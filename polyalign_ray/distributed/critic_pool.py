@@ -21,6 +21,18 @@ from polyalign_ray.critic.scorer import CriticScorer
 
 
 class CriticPool:
+    @classmethod
+    def from_config(cls, bundle_dir: str | Path, critic: Any, **overrides: Any) -> CriticPool:
+        """A pool sized by the ``critic`` config section (actors, work in flight, CPUs and GPUs per actor)."""
+        settings = {
+            "num_actors": critic.num_actors,
+            "max_in_flight": critic.max_in_flight,
+            "num_cpus": critic.actor_num_cpus,
+            "num_gpus": critic.actor_num_gpus,
+            **overrides,
+        }
+        return cls(bundle_dir, **settings)
+
     def __init__(
         self,
         bundle_dir: str | Path,

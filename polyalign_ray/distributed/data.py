@@ -1,5 +1,5 @@
-"""Ray Data pipelines of the data plane: ``prepare`` (read -> normalize -> dedup -> split -> write) and the
-per-record feature pass of ``references``.
+"""Ray Data pipelines of the data plane: ``prepare`` (read -> normalize -> dedup -> split -> write), the
+per-record feature pass of ``references``, and the tokenization of a split for SFT.
 
 The per-row and per-group work is the pure code of :mod:`polyalign_ray.corpus.prepare`; this module only wires it
 into Ray Data, so the distributed pipeline and the in-process one produce the same records, quarantine and counts.
@@ -7,6 +7,7 @@ into Ray Data, so the distributed pipeline and the in-process one produce the sa
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -27,7 +28,9 @@ from polyalign_ray.corpus.readers import ReadUnit, read_unit
 from polyalign_ray.corpus.splits import plan_splits, split_stratum
 from polyalign_ray.corpus.tables import QUARANTINE_SCHEMA, RECORD_SCHEMA, split_dir
 from polyalign_ray.features import features_table, features_table_schema
+from polyalign_ray.models import load_tokenizer
 from polyalign_ray.schema import RECORD_COLUMNS, SPLITS
+from polyalign_ray.sft_data import tokenize_records
 
 log = logging.getLogger(__name__)
 # Raw rows are re-blocked to this many rows so that normalization spreads over all CPUs even for one big file.
@@ -156,3 +159,71 @@ def compute_features_with_ray(data_dir: str | Path, splits: Sequence[str] = SPLI
     tables = [t for t in ray.get(features.to_arrow_refs()) if t.num_rows]
     table = pa.concat_tables(tables) if tables else features_table_schema().empty_table()
     return table.sort_by([("split", "ascending"), ("id", "ascending")])
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_tokenizer(path: str) -> Any:
+    return load_tokenizer(path)
+
+
+def _tokenize_batch(
+    batch: pa.Table, *, tokenizer_path: str, max_length: int, profile: bool, history: bool
+) -> pa.Table:
+    return tokenize_records(
+        batch,
+        _cached_tokenizer(tokenizer_path),
+        max_length=max_length,
+        profile_conditioning=profile,
+        train_history_turns=history,
+    )
+
+
+def tokenize_with_ray(
+    data_dir: str | Path,
+    tokenizer_path: str,
+    *,
+    max_length: int,
+    profile_conditioning: bool,
+    train_history_turns: bool,
+    split: str = "train",
+) -> ray.data.Dataset:
+    """Token ids and labels of every record of ``split``, computed by Ray Data tasks, materialized."""
+    directory = split_dir(data_dir, split)
+    if not any(directory.glob("*.parquet")):
+        raise FileNotFoundError(f"no {split} records under {directory}: run `polyalign prepare` first")
+    records = ray.data.read_parquet(str(directory.resolve()), schema=RECORD_SCHEMA)
+    return records.map_batches(
+        _tokenize_batch,
+        fn_kwargs={
+            "tokenizer_path": tokenizer_path,
+            "max_length": max_length,
+            "profile": profile_conditioning,
+            "history": train_history_turns,
+        },
+        batch_format="pyarrow",
+        batch_size=512,
+    ).materialize()
+
+
+def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any) -> ray.data.Dataset:
+    """Offline pair rows -> tokenized pairs with the frozen reference's log-probs (``hdpo_data.PairPreparer``,
+    one model copy per Ray Data actor, ``generation.num_workers`` of them), materialized."""
+    from polyalign_ray.config import config_to_dict
+    from polyalign_ray.hdpo_data import PairPreparer
+
+    return (
+        ray.data.from_arrow(pa.Table.from_pylist(rows))
+        .map_batches(
+            PairPreparer,
+            fn_constructor_kwargs={
+                "model_path": policy,
+                "model": config_to_dict(config.model),
+                "precompute": config.hdpo.reference == "precompute",
+            },
+            batch_size=64,
+            batch_format="pyarrow",
+            concurrency=config.generation.num_workers,
+            num_cpus=1,
+        )
+        .materialize()
+    )

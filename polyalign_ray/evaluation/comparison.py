@@ -16,7 +16,7 @@ from polyalign_ray.evaluation.intervals import Draws, draw, estimate, paired_dif
 from polyalign_ray.evaluation.report import HEADLINE
 from polyalign_ray.evaluation.scoring import SET_METRICS, PreparedRun, run_values, unit_counts
 
-METRICS = (*HEADLINE, "mean_length_tokens", "distinct_1", "distinct_3")
+METRICS = (*HEADLINE, "naturalness", "mean_length_tokens", "distinct_1", "distinct_3")
 """Every metric a comparison estimates: the report's headline and the rest of a group's values."""
 CLAIMS = (
     ("sft", "sft_plain", "Bucket-SFT − plain SFT"),

@@ -415,6 +415,13 @@ def group_values(
         out["nuf_hypervolume"] = None
     parts = [out["f1"], out["bng"], out["mauve"], out["nuf_hypervolume"]]
     out["aggregate"] = aggregate_values(parts) if all(p is not None for p in parts) else None
+    # The NUF's naturalness of a bucket, here of the group's macro BNG and C-MAUVE: one number for "answers like
+    # the humans of their context" (a sweep objective), in [0, 1].
+    out["naturalness"] = (
+        0.5 / (1 + out["bng"]) + 0.5 * out["c_mauve"]
+        if out["bng"] is not None and out["c_mauve"] is not None
+        else None
+    )
     out.update(group.set_values)
     return out
 

@@ -67,3 +67,54 @@ def maybe_fail(fail_at_step: int, step: int, rank: int, world_size: int, output_
     if fail_at_step == step and rank == world_size - 1 and not marker.exists():
         marker.touch()
         os._exit(1)
+
+
+def start_or_resume(
+    strategy: Any, resume_from: Path | None, metrics_path: Path, rank: int
+) -> dict[str, Any] | None:
+    """Where a loop starts. Resuming: the strategy state loaded and the metrics log cut back to the checkpoint's
+    step (those lines will be written again); returns the checkpoint's ``state.json``. Starting: an old metrics
+    log removed; returns None."""
+    if resume_from is None:
+        if rank == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        return None
+    state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
+    strategy.load(resume_from / "strategy")
+    if rank == 0:
+        truncate_metrics(metrics_path, int(state["step"]))
+    return state
+
+
+def save_checkpoint(
+    checkpointer: Checkpointer,
+    strategy: Any,
+    tokenizer: Any,
+    *,
+    step: int,
+    loss: float,
+    state: dict[str, Any],
+    rank: int,
+    write_extra: Callable[[Path], None] | None = None,
+) -> None:
+    """A checkpoint of ``step``: every rank's strategy state and the exported model; rank 0 also ``state.json``
+    (the loop's position) and whatever ``write_extra`` writes (the HDPO pair source's state)."""
+
+    def write(directory: Path) -> None:
+        strategy.save(directory / "strategy")
+        strategy.export(directory / "model", tokenizer, final=False)
+        if rank == 0:
+            if write_extra is not None:
+                write_extra(directory)
+            (directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+    checkpointer.save(step, {"step": step, "loss": loss}, write)
+
+
+def write_summary(output_dir: Path, summary: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The run's summary to ``output_dir/summary.json`` (rank 0); returned for the caller."""
+    if rank == 0:
+        (output_dir / "summary.json").write_text(
+            json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+    return summary

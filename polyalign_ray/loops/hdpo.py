@@ -14,7 +14,6 @@ the log window: rewards/chosen, rewards/rejected, margins, accuracy, the regular
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +26,12 @@ import torch
 from polyalign_ray.config import HDPOConfig
 from polyalign_ray.hdpo_data import TokenizedPair, collate_pairs, pairs_by_bucket
 from polyalign_ray.loops.checkpoints import (
-    STATE_FILE,
     Checkpointer,
     maybe_fail,
-    truncate_metrics,
+    save_checkpoint,
+    start_or_resume,
     write_metrics_line,
+    write_summary,
 )
 from polyalign_ray.loops.strategy import Strategy
 from polyalign_ray.losses import hdpo_loss, per_token_mean, sequence_log_probs
@@ -271,17 +271,13 @@ def run_hdpo(
     pairs_per_rank = hdpo.micro_batch_size * hdpo.grad_accum_steps
     global_pairs = pairs_per_rank * world
     pad_id = tokenizer.pad_token_id
+    # --- start or resume: strategy state, the pair source's position ---
     step = 0
-    if resume_from is not None:
-        state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
-        strategy.load(resume_from / "strategy")
+    state = start_or_resume(strategy, resume_from, metrics_path, rank)
+    if state is not None:
         source.load_state(torch.load(resume_from / SOURCE_STATE_FILE, weights_only=False))
         step = int(state["step"])
         source.after_update(step, force_sync=True)  # a fresh generator gets the resumed weights
-        if rank == 0:
-            truncate_metrics(metrics_path, step)
-    elif rank == 0 and metrics_path.exists():
-        metrics_path.unlink()
     first_step = step
     window: list[np.ndarray] = []
     window_seconds = 0.0
@@ -331,20 +327,21 @@ def run_hdpo(
                 on_log(line)
             window, window_seconds = [], 0.0
 
+        # --- checkpoint: strategy state, model, the pair source's position (drained on rank 0) ---
         if checkpoint_now:
             source_state = source.state()
-            state = {"step": step, "total_steps": total_steps}
-
-            def write(
-                directory: Path, state: dict[str, Any] = state, source_state: Any = source_state
-            ) -> None:
-                strategy.save(directory / "strategy")
-                strategy.export(directory / "model", tokenizer, final=False)
-                if rank == 0:
-                    torch.save(source_state, directory / SOURCE_STATE_FILE)
-                    (directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-
-            checkpointer.save(step, {"step": step, "loss": float(reduced[0])}, write)
+            save_checkpoint(
+                checkpointer,
+                strategy,
+                tokenizer,
+                step=step,
+                loss=float(reduced[0]),
+                state={"step": step, "total_steps": total_steps},
+                rank=rank,
+                write_extra=lambda directory, saved=source_state: torch.save(
+                    saved, directory / SOURCE_STATE_FILE
+                ),
+            )
 
     strategy.export(output_dir / "final", tokenizer, final=True)
     wall = time.perf_counter() - start
@@ -363,8 +360,4 @@ def run_hdpo(
         "final_model": str(output_dir / "final"),
     }
     source.close()
-    if rank == 0:
-        (output_dir / "summary.json").write_text(
-            json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
-        )
-    return summary
+    return write_summary(output_dir, summary, rank)

@@ -14,7 +14,6 @@ The loop knows nothing of Ray or DeepSpeed: it is handed a :class:`~polyalign_ra
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -25,11 +24,12 @@ import torch
 
 from polyalign_ray.config import SamplerConfig, SFTConfig
 from polyalign_ray.loops.checkpoints import (
-    STATE_FILE,
     Checkpointer,
     maybe_fail,
-    truncate_metrics,
+    save_checkpoint,
+    start_or_resume,
     write_metrics_line,
+    write_summary,
 )
 from polyalign_ray.loops.strategy import Strategy
 from polyalign_ray.losses import response_nll, weighted_sft_loss
@@ -55,6 +55,65 @@ class WindowStats:
     seconds: float = 0.0
     bucket_counts: torch.Tensor | None = None
     bucket_nll: torch.Tensor | None = None
+
+
+def forward_backward(
+    strategy: Strategy,
+    micro_draws: list[list[tuple[str, int]]],
+    batches: list[dict[str, torch.Tensor]],
+    weight_of: dict[str, float],
+    bucket_index: dict[str, int],
+    sft: SFTConfig,
+    denominator: float,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Each micro-batch's forward, weighted loss (its share of the step's loss: the denominator is the step's)
+    and backward; returns this rank's loss sum and the examples and NLL sums per bucket."""
+    step_loss = 0.0
+    bucket_counts = torch.zeros(len(bucket_index), dtype=torch.float64)
+    bucket_nll = torch.zeros(len(bucket_index), dtype=torch.float64)
+    for micro, batch in zip(micro_draws, batches, strict=True):
+        batch = {k: v.to(strategy.device) for k, v in batch.items()}
+        logits = strategy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll_sum, n_tokens = response_nll(logits, batch["labels"])
+        weights = torch.tensor([weight_of[b] for b, _ in micro], device=nll_sum.device)
+        loss = weighted_sft_loss(
+            nll_sum, n_tokens, weights, normalization=sft.loss_normalization, denominator=denominator
+        )
+        strategy.backward(loss)
+        step_loss += float(loss.detach())
+        per_example = (nll_sum.detach() / n_tokens.clamp(min=1)).double().cpu()
+        for (bucket, _), value in zip(micro, per_example, strict=True):
+            bucket_counts[bucket_index[bucket]] += 1
+            bucket_nll[bucket_index[bucket]] += value
+    return step_loss, bucket_counts, bucket_nll
+
+
+def log_line(
+    step: int,
+    window: WindowStats,
+    last_loss: float,
+    lr: float,
+    grad_norm: float,
+    cumulative: torch.Tensor,
+    bucket_index: dict[str, int],
+) -> dict[str, Any]:
+    """The metrics line of a log window: mean loss, throughput, cumulative bucket counts, per-bucket loss."""
+    return {
+        "step": step,
+        "loss": window.loss / window.steps,
+        "last_loss": last_loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": window.tokens,
+        "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
+        "step_seconds": window.seconds / window.steps,
+        "bucket_counts": {b: int(cumulative[i]) for b, i in bucket_index.items()},
+        "bucket_loss": {
+            b: float(window.bucket_nll[i] / window.bucket_counts[i])
+            for b, i in bucket_index.items()
+            if window.bucket_counts[i] > 0
+        },
+    }
 
 
 def run_sft(
@@ -94,17 +153,12 @@ def run_sft(
     bucket_index = {b: i for i, b in enumerate(sampler.buckets)}
     pad_id = tokenizer.pad_token_id
 
-    if resume_from is not None:
-        state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
-        strategy.load(resume_from / "strategy")
+    # --- start or resume: strategy state, sampler position, cumulative bucket counts ---
+    state = start_or_resume(strategy, resume_from, metrics_path, rank)
+    cumulative = torch.zeros(len(sampler.buckets), dtype=torch.float64)
+    if state is not None:
         sampler.load_state_dict(state["sampler"])
         cumulative = torch.tensor(state["bucket_counts_vector"], dtype=torch.float64)
-        if rank == 0:
-            truncate_metrics(metrics_path, sampler.step)
-    else:
-        cumulative = torch.zeros(len(sampler.buckets), dtype=torch.float64)
-        if rank == 0 and metrics_path.exists():
-            metrics_path.unlink()
     first_step = sampler.step
     window = WindowStats()
     history: list[float] = []
@@ -113,6 +167,7 @@ def run_sft(
     strategy.model.train()
 
     while sampler.step < total_steps:
+        # --- batch: this rank's slice of the global draw, and the step's loss denominator ---
         step_start = time.perf_counter()
         draws = sampler.next_batch()
         micro_draws = [
@@ -128,25 +183,11 @@ def run_sft(
         else:
             denominator = float(sft.micro_batch_size * sft.grad_accum_steps * world)
 
-        step_loss = 0.0
-        bucket_counts = torch.zeros(len(sampler.buckets), dtype=torch.float64)
-        bucket_nll = torch.zeros(len(sampler.buckets), dtype=torch.float64)
-        for micro, batch in zip(micro_draws, batches, strict=True):
-            batch = {k: v.to(strategy.device) for k, v in batch.items()}
-            logits = strategy.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            nll_sum, n_tokens = response_nll(logits, batch["labels"])
-            weights = torch.tensor([weight_of[b] for b, _ in micro], device=nll_sum.device)
-            loss = weighted_sft_loss(
-                nll_sum, n_tokens, weights, normalization=sft.loss_normalization, denominator=denominator
-            )
-            strategy.backward(loss)
-            step_loss += float(loss.detach())
-            per_example = (nll_sum.detach() / n_tokens.clamp(min=1)).double().cpu()
-            for (bucket, _), value in zip(micro, per_example, strict=True):
-                bucket_counts[bucket_index[bucket]] += 1
-                bucket_nll[bucket_index[bucket]] += value
+        # --- forward, loss, backward of each micro-batch ---
+        step_loss, bucket_counts, bucket_nll = forward_backward(
+            strategy, micro_draws, batches, weight_of, bucket_index, sft, denominator
+        )
+        # --- step ---
         grad_norm = strategy.optimizer_step()
         step = sampler.step
         maybe_fail(sft.fail_at_step, step, rank, world, output_dir)
@@ -172,45 +213,29 @@ def run_sft(
         window.bucket_counts = counts if window.bucket_counts is None else window.bucket_counts + counts
         window.bucket_nll = nll if window.bucket_nll is None else window.bucket_nll + nll
 
+        # --- log ---
         if step % sft.log_every == 0 or step == total_steps:
-            line = {
-                "step": step,
-                "loss": window.loss / window.steps,
-                "last_loss": global_loss,
-                "lr": strategy.current_lr(),
-                "grad_norm": grad_norm,
-                "tokens": window.tokens,
-                "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
-                "step_seconds": window.seconds / window.steps,
-                "bucket_counts": {b: int(cumulative[i]) for b, i in bucket_index.items()},
-                "bucket_loss": {
-                    b: float(window.bucket_nll[i] / window.bucket_counts[i])
-                    for b, i in bucket_index.items()
-                    if window.bucket_counts[i] > 0
-                },
-            }
+            line = log_line(
+                step, window, global_loss, strategy.current_lr(), grad_norm, cumulative, bucket_index
+            )
             if rank == 0:
                 write_metrics_line(metrics_path, line)
             if on_log is not None:
                 on_log(line)
             window = WindowStats()
 
+        # --- checkpoint: strategy state, model, sampler position ---
         if (sft.checkpoint_every and step % sft.checkpoint_every == 0) or step == total_steps:
-            state = {
+            position = {
                 "step": step,
                 "total_steps": total_steps,
                 "sampler": sampler.state_dict(),
                 "bucket_counts_vector": cumulative.tolist(),
                 "buckets": sampler.buckets,
             }
-
-            def write(directory: Path, state: dict[str, Any] = state) -> None:
-                strategy.save(directory / "strategy")
-                strategy.export(directory / "model", tokenizer, final=False)
-                if rank == 0:
-                    (directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-
-            checkpointer.save(step, {"step": step, "loss": global_loss}, write)
+            save_checkpoint(
+                checkpointer, strategy, tokenizer, step=step, loss=global_loss, state=position, rank=rank
+            )
 
     strategy.export(output_dir / "final", tokenizer, final=True)
     wall = time.perf_counter() - start
@@ -231,8 +256,4 @@ def run_sft(
         "loss_weights": weight_of,
         "final_model": str(output_dir / "final"),
     }
-    if rank == 0:
-        (output_dir / "summary.json").write_text(
-            json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
-        )
-    return summary
+    return write_summary(output_dir, summary, rank)

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from polyalign_ray.config import load_config
-from polyalign_ray.distributed.stages import run_critic_stage, run_prepare, run_references, run_sft_stage
+from polyalign_ray.stages.critic import run_critic_stage
+from polyalign_ray.stages.data import run_prepare, run_references
+from polyalign_ray.stages.sft import run_sft_stage
 from tests.ray.tiny_run import sft_config
 
 CRITIC_OVERRIDES = [

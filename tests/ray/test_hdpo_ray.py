@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from polyalign_ray.distributed.stages import run_hdpo_stage
+from polyalign_ray.stages.hdpo import run_hdpo_stage
 from tests.ray.conftest import CRITIC_OVERRIDES
 from tests.ray.tiny_run import losses, sft_config
 
@@ -138,13 +138,13 @@ def online_local_run(
 ) -> tuple[dict, list[dict]]:
     """The online pipeline driven from this process (local strategy, one rank) with real generator and critic
     actors; ``kill_at``: after that step, kill the generator and a critic actor (Ray restarts them)."""
-    from polyalign_ray.distributed.hdpo import hdpo_prompt_records, train_bucket_counts
-    from polyalign_ray.distributed.rollouts import OnlinePairSource
+    from polyalign_ray.distributed.online_pairs import OnlinePairSource
     from polyalign_ray.hdpo_data import bucket_rarity
     from polyalign_ray.loops.checkpoints import LocalCheckpointer
     from polyalign_ray.loops.hdpo import run_hdpo
     from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
     from polyalign_ray.models import load_causal_lm, load_tokenizer
+    from polyalign_ray.stages.hdpo import hdpo_prompt_records, train_bucket_counts
 
     policy = str(zero3_run / "final")
     config = hdpo_config(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from polyalign_ray.distributed.stages import run_sft_stage
+from polyalign_ray.stages.sft import run_sft_stage
 from tests.ray.tiny_run import TINY_MODEL, losses, sft_config
 
 pytestmark = pytest.mark.ray

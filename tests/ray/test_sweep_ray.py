@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from polyalign_ray.config import load_config
-from polyalign_ray.distributed.pipeline import mark_stage_done, pipeline_stages, run_pipeline, variant
-from polyalign_ray.distributed.tune import run_sweep, sweep_plan
+from polyalign_ray.distributed.tune_trials import run_sweep, sweep_plan
+from polyalign_ray.stages.pipeline import mark_stage_done, pipeline_stages, run_pipeline, variant
 from tests.ray.test_hdpo_ray import hdpo_config
 
 pytestmark = pytest.mark.ray

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from polyalign_ray.hdpo_data import bucket_rarity, choose_online_pair, offline_pairs, weights_for_pairs
-from polyalign_ray.rollouts import PairBuildCounts, overlap_seconds, pairs_from_rollout
+from polyalign_ray.rollout_worker import PairBuildCounts, overlap_seconds, pairs_from_rollout
 
 
 def record(key: str, response: str, bucket: str = "en|single|qa|short") -> dict:
@@ -149,8 +149,8 @@ def test_online_weight_mean_never_depends_on_the_batch_it_normalizes() -> None:
 
     import torch
 
+    from polyalign_ray.hdpo_data import HeldWeightMean
     from polyalign_ray.losses import hdpo_loss
-    from polyalign_ray.rollouts import HeldWeightMean
 
     held = HeldWeightMean.from_prompts(["a", "b"], {"a": 1.0, "b": 0.0}, a=0.5, w_min=0.5, w_max=3.0)
     assert held.value == pytest.approx(1.25)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from polyalign_ray.config import PIPELINE_STAGE_NAMES, load_config
-from polyalign_ray.distributed import pipeline
-from polyalign_ray.distributed.pipeline import (
+from polyalign_ray.stages import pipeline
+from polyalign_ray.stages.pipeline import (
     MARKER,
     Stage,
     dpo_config,

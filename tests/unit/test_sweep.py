@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from polyalign_ray.config import SWEEP_METRICS, ConfigError, load_config
-from polyalign_ray.distributed.tune import (
+from polyalign_ray.distributed.tune_trials import (
     SweepPlan,
     concurrent_trials,
     search_algorithm,
@@ -18,7 +18,7 @@ from polyalign_ray.distributed.tune import (
     trial_resources,
     tune_domain,
 )
-from polyalign_ray.sweep import (
+from polyalign_ray.sweep_space import (
     Domain,
     best_trial,
     config_key_problem,
@@ -185,3 +185,44 @@ def test_optuna_search_draws_from_the_space() -> None:
         assert proposal["hdpo.reg_lambda"] in (0.0, 0.3)
         assert 0.03 <= proposal["hdpo.beta"] <= 0.3
     assert search_algorithm(load_config()) is None  # grid / random: Tune's variant generator
+
+
+def test_seeded_points_average_their_seeds_and_the_best_keeps_utility(tmp_path: Path) -> None:
+    """Two points x two seeds: lambda 0.1 has naturalness (0.60 + 0.70) / 2 = 0.65, lambda 0.3 (0.80 + 0.74) / 2 =
+    0.77 but mean F1 (0.08 + 0.06) / 2 = 0.07; with a floor of 0.95 x baseline F1 0.09 = 0.0855 only lambda 0.1
+    qualifies. A point with a failed seed is never best."""
+    from polyalign_ray.sweep_space import aggregate_points, best_point, write_points_table
+
+    rows = [
+        {"trial": 0, "status": "done", "hdpo.reg_lambda": 0.1, "seed": 0, "naturalness": 0.60, "f1": 0.09},
+        {"trial": 1, "status": "done", "hdpo.reg_lambda": 0.1, "seed": 1, "naturalness": 0.70, "f1": 0.10},
+        {"trial": 2, "status": "done", "hdpo.reg_lambda": 0.3, "seed": 0, "naturalness": 0.80, "f1": 0.08},
+        {"trial": 3, "status": "done", "hdpo.reg_lambda": 0.3, "seed": 1, "naturalness": 0.74, "f1": 0.06},
+        {"trial": 4, "status": "error", "hdpo.reg_lambda": 0.9, "seed": 0, "naturalness": None},
+        {"trial": 5, "status": "done", "hdpo.reg_lambda": 0.9, "seed": 1, "naturalness": 0.99, "f1": 0.2},
+    ]
+    points = aggregate_points(rows, ["hdpo.reg_lambda"], "naturalness")
+    by_lambda = {p["hdpo.reg_lambda"]: p for p in points}
+    assert by_lambda[0.1]["naturalness"] == pytest.approx(0.65) and by_lambda[0.1]["f1"] == pytest.approx(
+        0.095
+    )
+    assert (by_lambda[0.3]["naturalness_min"], by_lambda[0.3]["naturalness_max"]) == (0.74, 0.80)
+    assert by_lambda[0.9]["seeds_done"] == 1 and by_lambda[0.9]["trials"] == [4, 5]
+    assert best_point(points, "naturalness", "max", seeds=2)["hdpo.reg_lambda"] == 0.3
+    assert best_point(points, "naturalness", "max", seeds=2, min_f1=0.95 * 0.09)["hdpo.reg_lambda"] == 0.1
+    assert best_point(points, "naturalness", "max", seeds=2, min_f1=0.5) is None
+    text = write_points_table(
+        points, ["hdpo.reg_lambda"], "naturalness", tmp_path / "points.md", 0.0855
+    ).read_text()
+    assert "| 0.1 | 2 | 0.65 | 0.6 … 0.7 |" in text and "mean F1 >= 0.0855" in text
+
+
+def test_seeded_sweep_config_errors_name_the_fix() -> None:
+    from polyalign_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["sweep.seeds=[0, 0]", "sweep.search=optuna", "sweep.min_utility_ratio=0.95"])
+    text = str(error.value)
+    assert "sweep.seeds needs sweep.search grid or random" in text
+    assert "sweep.seeds must be distinct" in text
+    assert "sweep.min_utility_ratio needs sweep.baseline" in text

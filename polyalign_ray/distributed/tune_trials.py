@@ -34,16 +34,25 @@ import ray
 from ray import tune
 
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
-from polyalign_ray.distributed.pipeline import pipeline_stages, run_pipeline, seed_config, seed_root, variant
-from polyalign_ray.sweep import (
+from polyalign_ray.stages.pipeline import (
+    PER_SEED_FOLDERS,
+    pipeline_stages,
+    run_pipeline,
+    seed_config,
+    seed_root,
+    variant,
+)
+from polyalign_ray.sweep_space import (
     Domain,
-    best_trial,
+    aggregate_points,
+    best_point,
     config_with,
     parse_domain,
     plot_objective,
     swept_sections,
     trial_label,
     write_best_config,
+    write_points_table,
     write_trials_table,
 )
 
@@ -90,7 +99,7 @@ def trial_config(
 
 
 def tune_domain(domain: Domain, search: str) -> Any:
-    """A :class:`~polyalign_ray.sweep.Domain` as a Tune search-space entry (lists are grid axes in grid search,
+    """A :class:`~polyalign_ray.sweep_space.Domain` as a Tune search-space entry (lists are grid axes in grid search,
     categorical choices otherwise)."""
     if domain.kind == "grid":
         return tune.grid_search(list(domain.values)) if search == "grid" else tune.choice(list(domain.values))
@@ -154,9 +163,12 @@ def run_trial(
     actor into its trial folder)."""
     os.chdir(working_dir)
     config = config_from_dict(base)
+    swept = {k: v for k, v in params.items() if k != "seed"}
+    if "seed" in params:  # sweep.seeds: seeded like `polyalign pipeline --seeds`, its shared stages per seed
+        config = seed_config(config, int(params["seed"]))
     context = tune.get_context()
     folder = Path(trials_dir) / f"{context.get_trial_id()}_{trial_label(params)}"
-    trial = trial_config(config, params, folder, plan)
+    trial = trial_config(config, swept, folder, plan)
     began = time.perf_counter()
     run_pipeline(trial, only=plan.trial, echo=log.info)
     report = json.loads(
@@ -166,7 +178,7 @@ def run_trial(
     value = overall.get(config.sweep.metric)
     headline = {
         k: overall[k]
-        for k in ("aggregate", "f1", "bng", "hcr", "c_mauve", "nuf_hypervolume")
+        for k in ("aggregate", "f1", "bng", "hcr", "c_mauve", "naturalness", "nuf_hypervolume")
         if isinstance(overall.get(k), (int, float))
     }
     tune.report(
@@ -176,6 +188,50 @@ def run_trial(
             "seconds": time.perf_counter() - began,
             "trial_folder": str(folder),
         }
+    )
+
+
+def baseline_folders(config: PolyAlignConfig, baseline: str, seeds: list[int]) -> list[Path]:
+    """The baseline run's evaluation folder per seed (the multi-seed pipeline's layout), or the single one."""
+    if seeds:
+        return [Path(seed_config(config, s).eval.output_dir) / baseline for s in seeds]
+    return [Path(config.eval.output_dir) / baseline]
+
+
+def baseline_f1(config: PolyAlignConfig, baseline: str, seeds: list[int]) -> float:
+    """The baseline's mean F1 over its seeds (what ``sweep.min_utility_ratio`` is measured against)."""
+    values = []
+    for folder in baseline_folders(config, baseline, seeds):
+        report = folder / "report.json"
+        if not report.is_file():
+            raise FileNotFoundError(
+                f"sweep.baseline={baseline!r}: no evaluation at {report}; run the pipeline"
+                + (f" with --seeds {len(seeds)}" if seeds else "")
+                + " first (it evaluates the baselines)"
+            )
+        values.append(json.loads(report.read_text(encoding="utf-8"))["overall"]["f1"])
+    return sum(values) / len(values)
+
+
+def compare_best_with_baseline(
+    config: PolyAlignConfig, best: dict[str, Any], rows: list[dict[str, Any]], out: Path
+) -> Path:
+    """The best point against the baseline, seed by seed, with intervals: ``out/best_vs_baseline/report.md``."""
+    from polyalign_ray.stages.evaluate import run_compare
+
+    sweep = config.sweep
+    members = sorted(
+        (r for r in rows if r["trial"] in best["trials"] and r["status"] == "done"),
+        key=lambda r: r.get("seed") or 0,
+    )
+    best_folders = [str(Path(r["trial_folder"]) / "eval" / SWEPT_MODEL) for r in members]
+    baseline = [str(f) for f in baseline_folders(config, sweep.baseline, list(sweep.seeds))]
+    report_config = variant(config, eval={"output_dir": str(out / "best_vs_baseline")})
+    label = f"best − {sweep.baseline}"
+    return run_compare(
+        report_config,
+        [f"best={','.join(best_folders)}", f"{sweep.baseline}={','.join(baseline)}"],
+        claims=[("best", sweep.baseline, label)],
     )
 
 
@@ -192,9 +248,11 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     domains = [parse_domain(str(k), v) for k, v in sweep.space.items()]
     keys = [d.key for d in domains]
     echo(f"sweep over {keys}: shared stages {list(plan.prefix)} (run once), per trial {list(plan.trial)}")
+    seeds = list(sweep.seeds)
     if plan.prefix:
         shared = variant(config, pipeline={"baselines": False, "evaluate": False, "redo": []})
-        run_pipeline(shared, only=plan.prefix, echo=echo)
+        for prefix_config in [seed_config(shared, s) for s in seeds] or [shared]:
+            run_pipeline(prefix_config, only=plan.prefix, echo=echo)
     needed = trial_resources(config, plan)
     concurrency = sweep.max_concurrent_trials or concurrent_trials(needed, ray.cluster_resources())
     echo(f"trials: search={sweep.search}, up to {concurrency} at once (each needs {needed})")
@@ -207,7 +265,10 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_MEMORY_BYTES}),
-        param_space={d.key: tune_domain(d, sweep.search) for d in domains},
+        param_space={
+            **{d.key: tune_domain(d, sweep.search) for d in domains},
+            **({"seed": tune.grid_search(seeds)} if seeds else {}),
+        },
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
@@ -226,7 +287,7 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
             {
                 "trial": number,
                 "status": "error" if result.error else "done",
-                **{k: (result.config or {}).get(k) for k in keys},
+                **{k: (result.config or {}).get(k) for k in [*keys, *(["seed"] if seeds else [])]},
                 **{
                     k: v
                     for k, v in metrics.items()
@@ -238,9 +299,18 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     rows = [
         {k: v for k, v in row.items() if k not in ("training_iteration", "timestamp", "pid")} for row in rows
     ]
-    csv_path, md_path = write_trials_table(rows, keys, sweep.metric, out)
+    csv_path, md_path = write_trials_table(rows, [*keys, *(["seed"] if seeds else [])], sweep.metric, out)
     plot = plot_objective(rows, keys, sweep.metric, sweep.mode, out / "objective.png")
-    best = best_trial(rows, sweep.metric, sweep.mode)
+    min_f1 = None
+    if sweep.baseline and sweep.min_utility_ratio:
+        min_f1 = sweep.min_utility_ratio * baseline_f1(config, sweep.baseline, seeds)
+    points = aggregate_points(rows, keys, sweep.metric)
+    chosen = best_point(points, sweep.metric, sweep.mode, min_f1=min_f1, seeds=max(1, len(seeds)))
+    write_points_table(points, keys, sweep.metric, out / "points.md", min_f1)
+    best = None
+    if chosen is not None:
+        members = [r for r in rows if r["trial"] in chosen["trials"] and r["status"] == "done"]
+        best = {**members[0], sweep.metric: chosen[sweep.metric]}
     summary: dict[str, Any] = {
         "space": sweep.space,
         "metric": sweep.metric,
@@ -251,11 +321,21 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
         "table": str(md_path),
         "csv": str(csv_path),
         "plot": str(plot) if plot else None,
+        "points": points,
+        "points_table": str(out / "points.md"),
+        "min_f1": min_f1,
     }
     if best is not None:
         params = {k: best[k] for k in keys}
-        best_config = trial_config(config, params, out / "best", plan)
-        best_config = variant(best_config, pipeline=config_to_dict(config)["pipeline"])
+        if seeds:  # run again as a multi-seed pipeline, every per-seed stage under best/
+            folders = {section: {"output_dir": str(out / "best" / section)} for section in PER_SEED_FOLDERS}
+            best_config = config_with(config, params, **folders)
+            best_config = variant(
+                best_config, pipeline={**config_to_dict(config)["pipeline"], "seeds": seeds}
+            )
+        else:
+            best_config = trial_config(config, params, out / "best", plan)
+            best_config = variant(best_config, pipeline=config_to_dict(config)["pipeline"])
         summary["best"] = {"params": params, sweep.metric: best[sweep.metric], "trial": best["trial"]}
         summary["best_config"] = str(
             write_best_config(
@@ -265,6 +345,8 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
                 "Run it again: polyalign pipeline --config best.yaml",
             )
         )
+    if best is not None and sweep.baseline:
+        summary["best_vs_baseline"] = str(compare_best_with_baseline(config, chosen, rows, out))
     (out / "sweep.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     failed = [r for r in rows if r["status"] == "error"]
     if failed:

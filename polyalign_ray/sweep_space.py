@@ -1,6 +1,6 @@
 """Sweeps without Ray: the search space written with dotted config keys, trial configs, and the sweep's outputs.
 
-A sweep (``polyalign sweep``, ``distributed/tune.py``) varies config keys such as ``hdpo.reg_lambda``,
+A sweep (``polyalign sweep``, ``distributed/tune_trials.py``) varies config keys such as ``hdpo.reg_lambda``,
 ``hdpo.beta``, ``sampler.alpha`` or one bucket's multiplier ``sampler.multipliers.zh|multi|dialogue|short``. Each
 trial is the base config with its values applied (the same merge as command-line overrides), so a trial's config
 is exactly what ``polyalign pipeline --config best.yaml`` runs again.
@@ -219,4 +219,91 @@ def plot_objective(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return path
+
+
+POINT_METRICS = ("f1", "bng", "c_mauve", "naturalness", "aggregate")
+"""Headline metrics a point of a seeded sweep reports (means over its seeds) beside the objective."""
+
+
+def aggregate_points(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str
+) -> list[dict[str, Any]]:
+    """Trials of a seeded sweep grouped by their swept values (a point): per point the seeds that finished, the
+    mean and the spread (min, max) of the objective over them, and the means of the headline metrics."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(repr(row.get(k)) for k in keys), []).append(row)
+    points = []
+    for members in groups.values():
+        done = [r for r in members if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+        point: dict[str, Any] = {k: members[0].get(k) for k in keys}
+        point["seeds_done"] = len(done)
+        point["seeds"] = sorted(r.get("seed") for r in members)
+        point["trials"] = [r["trial"] for r in members]
+        values = [r[metric] for r in done]
+        point[metric] = sum(values) / len(values) if values else None
+        point[f"{metric}_min"] = min(values) if values else None
+        point[f"{metric}_max"] = max(values) if values else None
+        for name in POINT_METRICS:
+            present = [r[name] for r in done if isinstance(r.get(name), (int, float))]
+            if name != metric:
+                point[name] = sum(present) / len(present) if present else None
+        points.append(point)
+    return points
+
+
+def best_point(
+    points: Sequence[Mapping[str, Any]],
+    metric: str,
+    mode: str,
+    *,
+    min_f1: float | None = None,
+    seeds: int = 1,
+) -> Mapping[str, Any] | None:
+    """The point with the best mean objective among those with every seed done and (when ``min_f1`` is given)
+    a mean F1 of at least ``min_f1``; None when no point qualifies."""
+    eligible = [
+        p
+        for p in points
+        if p["seeds_done"] >= seeds
+        and p.get(metric) is not None
+        and (min_f1 is None or (p.get("f1") is not None and p["f1"] >= min_f1))
+    ]
+    if not eligible:
+        return None
+    return (max if mode == "max" else min)(eligible, key=lambda p: p[metric])
+
+
+def write_points_table(
+    points: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str, path: Path, min_f1: float | None
+) -> Path:
+    """``points.md``: one row per point with its mean objective over seeds, its range, and the headline means."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    others = [m for m in POINT_METRICS if m != metric]
+    header = [*keys, "seeds", f"{metric} (mean)", "range", *others]
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |", "|" + "---|" * len(header)]
+    for p in points:
+        spread = (
+            f"{cell(p[f'{metric}_min'])} … {cell(p[f'{metric}_max'])}" if p.get(metric) is not None else ""
+        )
+        lines.append(
+            "| "
+            + " | ".join([*(cell(p.get(k)) for k in keys), str(p["seeds_done"]), cell(p.get(metric)), spread])
+            + " | "
+            + " | ".join(cell(p.get(m)) for m in others)
+            + " |"
+        )
+    if min_f1 is not None:
+        lines += [
+            "",
+            f"Eligible as best: mean F1 >= {min_f1:.4g} (sweep.min_utility_ratio x the baseline's F1).",
+        ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

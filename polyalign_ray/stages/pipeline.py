@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
-from polyalign_ray.training_runs import settings_fingerprint, write_json_atomically
+from polyalign_ray.training_runs import read_json_file, settings_fingerprint, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def seed_config(config: PolyAlignConfig, seed: int) -> PolyAlignConfig:
 
 def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
     """The stages this config runs, in order, each with the stages whose outputs it reads."""
-    from polyalign_ray.distributed import stages as s
+    from polyalign_ray.stages import critic, data, evaluate, hdpo, sft
 
     data_dir = Path(config.data.output_dir)
     eval_dir = Path(config.eval.output_dir)
@@ -118,7 +118,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
     hdpo_keys = (*critic_keys, "hdpo")
     plain, dpo = plain_sft_config(config), dpo_config(config)
     models = {
-        "base": (lambda: s.ensure_base_model(config), base, ("data",)),
+        "base": (lambda: data.ensure_base_model(config), base, ("data",)),
         "sft_plain": (lambda: str(Path(plain.sft.output_dir) / "final"), sft_keys, ("data", "sft_plain")),
         "sft": (lambda: str(Path(config.sft.output_dir) / "final"), sft_keys, ("data", "sft")),
         "dpo": (lambda: str(Path(dpo.hdpo.output_dir) / "final"), hdpo_keys, ("data", "dpo")),
@@ -135,7 +135,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                 "plain SFT (baseline)",
                 Path(plain.sft.output_dir),
                 sft_keys,
-                lambda fresh: s.run_sft_stage(plain, fresh=fresh),
+                lambda fresh: sft.run_sft_stage(plain, fresh=fresh),
                 needs=("data",),
             )
         )
@@ -145,7 +145,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
             "Bucket-Aware SFT",
             Path(config.sft.output_dir),
             sft_keys,
-            lambda fresh: s.run_sft_stage(config, fresh=fresh),
+            lambda fresh: sft.run_sft_stage(config, fresh=fresh),
             needs=("data",),
         ),
         Stage(
@@ -153,7 +153,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
             "critic",
             Path(config.critic.output_dir),
             critic_keys,
-            lambda fresh: s.run_critic_stage(config),
+            lambda fresh: critic.run_critic_stage(config),
             needs=("data", "sft"),
         ),
     ]
@@ -164,7 +164,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                 "DPO (baseline)",
                 Path(dpo.hdpo.output_dir),
                 hdpo_keys,
-                lambda fresh: s.run_hdpo_stage(dpo, fresh=fresh),
+                lambda fresh: hdpo.run_hdpo_stage(dpo, fresh=fresh),
                 needs=("data", "sft", "critic"),
             )
         )
@@ -174,7 +174,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
             "HDPO",
             Path(config.hdpo.output_dir),
             hdpo_keys,
-            lambda fresh: s.run_hdpo_stage(config, fresh=fresh),
+            lambda fresh: hdpo.run_hdpo_stage(config, fresh=fresh),
             needs=("data", "sft", "critic"),
         )
     )
@@ -194,7 +194,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                     f"evaluate {name}",
                     eval_dir / name,
                     (*keys, "eval"),
-                    lambda fresh, model=model, name=name: s.run_eval_stage(config, model(), name),
+                    lambda fresh, model=model, name=name: evaluate.run_eval_stage(config, model(), name),
                     needs=needs,
                 )
             )
@@ -204,7 +204,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                 "comparison report",
                 eval_dir / "report",
                 (*hdpo_keys, "eval", "pipeline"),
-                lambda fresh: s.run_compare(config, names),
+                lambda fresh: evaluate.run_compare(config, names),
                 needs=tuple(f"eval_{name}" for name in names),
             )
         )
@@ -212,20 +212,14 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
 
 
 def _data(config: PolyAlignConfig) -> str:
-    from polyalign_ray.distributed.stages import run_prepare, run_references
+    from polyalign_ray.stages.data import run_prepare, run_references
 
     run_prepare(config, engine="ray")
     return run_references(config)
 
 
 def read_marker(folder: Path) -> dict[str, Any]:
-    path = folder / MARKER
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
+    return read_json_file(folder / MARKER)
 
 
 def upstream_runs(stage: Stage, folders: dict[str, Path]) -> dict[str, str]:
@@ -353,7 +347,7 @@ def per_seed_stages(config: PolyAlignConfig) -> tuple[str, ...]:
 
 def seeds_compare_stage(config: PolyAlignConfig) -> tuple[Stage, dict[str, Path]]:
     """The comparison over every seed's evaluations, and the folders of the stages it reads."""
-    from polyalign_ray.distributed import stages as s
+    from polyalign_ray.stages.evaluate import run_compare
 
     evaluations = [name for name in per_seed_stages(config) if name.startswith("eval_")]
     folders: dict[str, Path] = {}
@@ -368,7 +362,7 @@ def seeds_compare_stage(config: PolyAlignConfig) -> tuple[Stage, dict[str, Path]
         f"comparison over {len(config.pipeline.seeds)} seeds",
         Path(config.eval.output_dir) / "report",
         ("data", "references", "model", "sampler", "sft", "generation", "critic", "hdpo", "eval", "pipeline"),
-        lambda fresh: s.run_compare(config, names),
+        lambda fresh: run_compare(config, names),
         needs=tuple(folders),
     )
     folders["compare"] = stage.folder
@@ -380,7 +374,7 @@ def run_seeded_pipeline(config: PolyAlignConfig, *, echo: Callable[[str], None] 
     trial each (the sweep machinery: concurrently where the cluster's resources allow; a seed whose stages are all
     done is not started), each in ``OUT/seeds/seed_N`` with its progress in ``progress.log`` there; then the
     comparison over the seeds. Resumable like the single pipeline: every stage keeps its marker."""
-    from polyalign_ray.distributed.tune import run_seed_trials
+    from polyalign_ray.distributed.tune_trials import run_seed_trials
 
     start = time.perf_counter()
     seeds = tuple(config.pipeline.seeds)

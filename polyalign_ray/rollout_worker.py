@@ -1,6 +1,6 @@
 """Online HDPO rollouts, without Ray: sample k answers per prompt from the current policy, tokenize every candidate
 (the k samples and the human answer) and compute the frozen reference's log-probs, then turn critic distances into
-pairs. ``distributed/rollouts.py`` runs :class:`RolloutWorker` as a restartable Ray actor and pipelines it with the
+pairs. ``distributed/online_pairs.py`` runs :class:`RolloutWorker` as a restartable Ray actor and pipelines it with the
 critic pool.
 
 A rollout is a pure function of (prompts, policy weights, seed): sampling is seeded per call, so a rollout that an
@@ -254,50 +254,3 @@ def overlap_seconds(busy: Sequence[tuple[float, float]], training: Sequence[tupl
             total += max(0.0, min(end, training[k][1]) - max(start, training[k][0]))
             k += 1
     return total
-
-
-class HeldWeightMean:
-    """w-bar of METHOD.md for online pairs: a mean that never depends on the batch it normalizes.
-
-    Dividing a step's weights by a mean that includes them (the former running mean over the pairs built so far
-    was, on the first steps, the batch's own mean) cancels the weights: with one pair per step every weight becomes
-    1, the defect METHOD.md's global normalization exists to avoid. Here step 1 divides by a **prior** (the expected
-    weight of the train prompts' buckets: ``clip(1 + a * rarity(b), w_min, w_max)`` averaged over the prompts; the
-    distance-gap term is unknown before any rollout and counts as 0), and step t by the mean weight of the pairs
-    used in steps 1..t-1.
-    """
-
-    def __init__(self, prior: float):
-        if prior <= 0:
-            raise ValueError(f"the prior weight mean must be > 0, got {prior}")
-        self.prior = float(prior)
-        self.total = 0.0
-        self.count = 0
-
-    @classmethod
-    def from_prompts(
-        cls, buckets: Sequence[str], rarity: Mapping[str, float], *, a: float, w_min: float, w_max: float
-    ) -> HeldWeightMean:
-        if not buckets:
-            return cls(1.0)
-        zeros = [0.0] * len(buckets)
-        weights = weights_for_pairs(buckets, zeros, zeros, rarity, a=a, c=0.0, w_min=w_min, w_max=w_max)
-        return cls(float(np.mean(weights)))
-
-    @property
-    def value(self) -> float:
-        return self.total / self.count if self.count else self.prior
-
-    def update(self, weights: Sequence[float]) -> None:
-        """Fold in the weights of the pairs a step used (after that step took :attr:`value`)."""
-        self.total += float(sum(weights))
-        self.count += len(weights)
-
-    def state(self) -> dict[str, float]:
-        return {"prior": self.prior, "total": self.total, "count": self.count}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, float]) -> HeldWeightMean:
-        held = cls(state["prior"])
-        held.total, held.count = float(state["total"]), int(state["count"])
-        return held

@@ -3,13 +3,13 @@
 Rank 0 owns the pipeline; the other ranks receive each step's global batch by broadcast and keep their slice.
 
 - **Rollout batch** b: ``rollout_prompts`` train prompts (a seeded permutation, epoch after epoch) go to
-  :class:`~polyalign_ray.rollouts.RolloutWorker` actor b mod ``num_generators`` with the weights version to sample
+  :class:`~polyalign_ray.rollout_worker.RolloutWorker` actor b mod ``num_generators`` with the weights version to sample
   from (which actor runs a batch changes nothing: a rollout is a pure function of its inputs); its ObjectRef goes
   straight to a critic pool actor (``CriticPool.submit_rollout``), so scoring starts when generation ends, without
   the trainer waiting. Up to ``rollout_depth`` batches are in flight while the trainer runs its steps.
-- **Pairs**: a harvested batch's distances pick chosen/rejected per prompt (``rollouts.pairs_from_rollout``); pairs
+- **Pairs**: a harvested batch's distances pick chosen/rejected per prompt (``rollout_worker.pairs_from_rollout``); pairs
   enter a FIFO buffer; a step's weights are normalized by a mean of earlier steps' weights, never its own
-  (``rollouts.HeldWeightMean``); each step takes the global batch from it, dropping (and counting) pairs whose generating
+  (``hdpo_data.HeldWeightMean``); each step takes the global batch from it, dropping (and counting) pairs whose generating
   weights are more than ``max_staleness`` updates old.
 - **Weights** reach the generator every ``sync_every`` updates (and at checkpoints and on resume): every rank joins
   the gather (ZeRO-3), rank 0 puts the CPU state dict in the object store and later rollouts carry a reference to it.
@@ -36,10 +36,9 @@ import ray
 
 from polyalign_ray.config import PolyAlignConfig
 from polyalign_ray.distributed.critic_pool import CriticPool
-from polyalign_ray.hdpo_data import TokenizedPair
+from polyalign_ray.hdpo_data import HeldWeightMean, TokenizedPair
 from polyalign_ray.loops.strategy import Strategy
-from polyalign_ray.rollouts import (
-    HeldWeightMean,
+from polyalign_ray.rollout_worker import (
     PairBuildCounts,
     RolloutWorker,
     overlap_seconds,
@@ -128,12 +127,8 @@ class OnlinePairSource:
             for _ in range(hdpo.num_generators)
         ]
         cfg = config.critic
-        self.pool = CriticPool(
-            critic_dir,
-            num_actors=cfg.num_actors,
-            max_in_flight=max(cfg.max_in_flight, hdpo.rollout_depth + 1),
-            num_cpus=cfg.actor_num_cpus,
-            num_gpus=cfg.actor_num_gpus,
+        self.pool = CriticPool.from_config(
+            critic_dir, cfg, max_in_flight=max(cfg.max_in_flight, hdpo.rollout_depth + 1)
         )
         log.info(
             "online HDPO: %d rollout actors + %d critic actors; %d prompts x %d samples per rollout batch, "

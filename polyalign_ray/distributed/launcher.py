@@ -1,0 +1,151 @@
+"""The one Ray Train launcher: a TorchTrainer of DeepSpeed ZeRO workers that runs a stage's worker body.
+
+A training stage (``stages/sft.py``, ``stages/hdpo.py``) hands :func:`launch_training` its worker body (a plain
+function of a :class:`~polyalign_ray.stages.context.WorkerContext` and a JSON-able payload), its training section
+(workers, GPU, CPUs, threads, failures, checkpoints), the Ray Datasets its workers read, and the Ray Train run name
+(``training_runs`` picks it: Ray Train continues a run found in ``output_dir/ray_results/NAME`` from its latest
+checkpoint). Each worker gets a :class:`RayWorkerContext`: its rank, every row of each dataset
+(``DataConfig(datasets_to_split=[])``: the samplers give each rank its slice of the same global batch, so bucket
+shares are exact and every rank takes the same number of steps), a checkpointer that reports to Ray Train, the
+checkpoint Ray Train hands back after a restart, and a DeepSpeed strategy.
+
+Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group after a crash; the restarted body gets
+the latest reported checkpoint as ``restore_path`` and continues from its step and sampler state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.data
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from polyalign_ray.config import HDPOConfig, SFTConfig
+from polyalign_ray.loops.checkpoints import STATE_FILE
+from polyalign_ray.loops.strategy import OptimizerFactory, SchedulerFactory, Strategy
+
+WorkerBody = Callable[[Any, dict[str, Any]], None]
+
+
+class RayTrainCheckpointer:
+    """Every rank writes its part (its ZeRO shard; rank 0 also the state and the model folder) into a temporary
+    folder and reports it; Ray Train merges the ranks' folders into one persisted checkpoint."""
+
+    def save(self, step: int, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        directory = Path(tempfile.mkdtemp(prefix=f"polyalign-ckpt-{step}-"))
+        try:
+            write(directory)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def restore_checkpoint() -> Path | None:
+    """The latest checkpoint Ray Train persisted for this run (after a restart or an interruption), copied locally."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    local = Path(tempfile.mkdtemp(prefix="polyalign-restore-"))
+    checkpoint.to_directory(str(local))
+    return local if (local / STATE_FILE).is_file() else None
+
+
+class RayWorkerContext:
+    """:class:`~polyalign_ray.stages.context.WorkerContext` inside a Ray Train worker."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.checkpointer = RayTrainCheckpointer()
+        self.restore_path = restore_checkpoint()
+
+    def dataset(self, name: str) -> pa.Table:
+        shard = ray.train.get_dataset_shard(name)
+        tables = [t for t in shard.iter_batches(batch_format="pyarrow", batch_size=4096) if t.num_rows]
+        return pa.concat_tables(tables)
+
+    def strategy(
+        self,
+        model: torch.nn.Module,
+        optimizer_factory: OptimizerFactory,
+        scheduler_factory: SchedulerFactory,
+        ds_config: dict[str, Any],
+        *,
+        use_gpu: bool,
+    ) -> Strategy:
+        from polyalign_ray.distributed.deepspeed import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(model, optimizer_factory, scheduler_factory, ds_config, use_gpu=use_gpu)
+
+
+def _worker_entry(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: the stage's body with this worker's context."""
+    loop_config["body"](RayWorkerContext(), loop_config["payload"])
+
+
+def deepspeed_trainer(
+    body: WorkerBody,
+    payload: dict[str, Any],
+    train: SFTConfig | HDPOConfig,
+    *,
+    name: str,
+    output_dir: Path,
+    datasets: dict[str, ray.data.Dataset],
+) -> TorchTrainer:
+    """The TorchTrainer every training stage uses: ``train.num_workers`` DeepSpeed workers running ``body``,
+    checkpoints and restarts under ``output_dir/ray_results/name``, every dataset given whole to every worker.
+    A run folder that already holds checkpoints is continued from the latest one."""
+    return TorchTrainer(
+        _worker_entry,
+        train_loop_config={"body": body, "payload": payload},
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker} if not train.use_gpu else None,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(output_dir / "ray_results"),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(train.torch_threads or os.cpu_count())}},
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+
+
+def launch_training(
+    body: WorkerBody,
+    payload: dict[str, Any],
+    train: SFTConfig | HDPOConfig,
+    *,
+    name: str,
+    output_dir: Path,
+    datasets: dict[str, ray.data.Dataset],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run ``body`` on the workers; return rank 0's ``summary.json`` with ``extra`` and the last Ray checkpoint
+    added (also written back)."""
+    result = deepspeed_trainer(
+        body, payload, train, name=name, output_dir=output_dir, datasets=datasets
+    ).fit()
+    summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
+    summary.update(extra)
+    summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    (output_dir / "summary.json").write_text(
+        json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
+    return summary
