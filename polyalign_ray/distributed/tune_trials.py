@@ -224,13 +224,13 @@ def compare_best_with_baseline(
         (r for r in rows if r["trial"] in best["trials"] and r["status"] == "done"),
         key=lambda r: r.get("seed") or 0,
     )
-    best_folders = [str(Path(r["trial_folder"]) / "eval" / SWEPT_MODEL) for r in members]
-    baseline = [str(f) for f in baseline_folders(config, sweep.baseline, list(sweep.seeds))]
+    best_folders = [Path(r["trial_folder"]) / "eval" / SWEPT_MODEL for r in members]
+    baseline = baseline_folders(config, sweep.baseline, list(sweep.seeds))
     report_config = variant(config, eval={"output_dir": str(out / "best_vs_baseline")})
     label = f"best − {sweep.baseline}"
     return run_compare(
         report_config,
-        [f"best={','.join(best_folders)}", f"{sweep.baseline}={','.join(baseline)}"],
+        {"best": best_folders, sweep.baseline: baseline},
         claims=[("best", sweep.baseline, label)],
     )
 
@@ -299,6 +299,24 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     rows = [
         {k: v for k, v in row.items() if k not in ("training_iteration", "timestamp", "pid")} for row in rows
     ]
+    summary = summarize_sweep(config, rows, plan, out, wall_s=time.perf_counter() - began)
+    if summary["failed"]:
+        echo(
+            f"{summary['failed']} of {len(rows)} trials failed; see {summary['table']} and the Tune logs in "
+            f"{out / 'tune'}"
+        )
+    return summary
+
+
+def summarize_sweep(
+    config: PolyAlignConfig, rows: list[dict[str, Any]], plan: SweepPlan, out: Path, *, wall_s: float
+) -> dict[str, Any]:
+    """The sweep's outputs from its trial rows: the tables, the plot, the points (means over seeds), the best
+    point's ``best.yaml`` and, with ``sweep.baseline``, its comparison with the baseline; returns the summary
+    (also ``sweep.json``)."""
+    sweep = config.sweep
+    keys = [str(k) for k in sweep.space]
+    seeds = list(sweep.seeds)
     csv_path, md_path = write_trials_table(rows, [*keys, *(["seed"] if seeds else [])], sweep.metric, out)
     plot = plot_objective(rows, keys, sweep.metric, sweep.mode, out / "objective.png")
     min_f1 = None
@@ -317,7 +335,7 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
         "mode": sweep.mode,
         "plan": dataclasses.asdict(plan),
         "trials": rows,
-        "wall_s": time.perf_counter() - began,
+        "wall_s": wall_s,
         "table": str(md_path),
         "csv": str(csv_path),
         "plot": str(plot) if plot else None,
@@ -347,10 +365,8 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
         )
     if best is not None and sweep.baseline:
         summary["best_vs_baseline"] = str(compare_best_with_baseline(config, chosen, rows, out))
+    summary["failed"] = sum(r["status"] == "error" for r in rows)
     (out / "sweep.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    failed = [r for r in rows if r["status"] == "error"]
-    if failed:
-        echo(f"{len(failed)} of {len(rows)} trials failed; see {md_path} and the Tune logs in {out / 'tune'}")
     return summary
 
 

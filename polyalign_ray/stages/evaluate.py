@@ -157,16 +157,17 @@ def read_predictions(folder: Path) -> dict[str, str]:
 
 def run_folders(config: PolyAlignConfig, runs: list[str]) -> dict[str, list[Path]]:
     """Each run's evaluation folder per seed. A run is a name under ``eval.output_dir`` (with ``pipeline.seeds``:
-    under each seed's evaluation folder), a folder (one seed), or ``NAME=DIR1,DIR2,...`` (a run's seeds by hand)."""
+        under each seed's evaluation folder), a folder (one seed), or ``NAME=DIR1,DIR2,...`` (a run's seeds by hand; for
+    folders whose names hold a comma, call :func:`run_compare` with a mapping)."""
     from polyalign_ray.stages.pipeline import seed_config
 
     out: dict[str, list[Path]] = {}
     for run in runs:
-        if "=" in run:
+        if Path(run).is_dir() and (Path(run) / "report.json").is_file():
+            out[Path(run).name] = [Path(run)]
+        elif "=" in run:
             name, folders = run.split("=", 1)
             out[name] = [Path(f) for f in folders.split(",") if f]
-        elif Path(run).is_dir() and (Path(run) / "report.json").is_file():
-            out[Path(run).name] = [Path(run)]
         elif config.pipeline.seeds:
             out[run] = [Path(seed_config(config, s).eval.output_dir) / run for s in config.pipeline.seeds]
         else:
@@ -182,18 +183,26 @@ def run_folders(config: PolyAlignConfig, runs: list[str]) -> dict[str, list[Path
 
 
 def run_compare(
-    config: PolyAlignConfig, runs: list[str], *, claims: Sequence[tuple[str, str, str]] | None = None
+    config: PolyAlignConfig,
+    runs: list[str] | dict[str, list[Path]],
+    *,
+    claims: Sequence[tuple[str, str, str]] | None = None,
 ) -> Path:
     """``polyalign compare``: the runs side by side over their seeds (same evaluation set required), every metric
     with a 95% interval and the method's claims as paired differences: report.md, plots and comparison.json in
-    ``eval.output_dir/report/``; returns the path of report.md. ``claims``: other (A, B, label) pairs than the
+    ``eval.output_dir/report/``; returns the path of report.md. ``runs``: names or folders (:func:`run_folders`), or
+    a mapping of run name to its evaluation folders per seed. ``claims``: other (A, B, label) pairs than the
     method's (``comparison.CLAIMS``)."""
     from polyalign_ray.evaluation.comparison import compare_runs
     from polyalign_ray.evaluation.report import plot_comparison, render_comparison
     from polyalign_ray.evaluation.scoring import prepare_run
     from polyalign_ray.schema import count_length_tokens
 
-    folders = run_folders(config, runs)
+    folders = (
+        run_folders(config, runs)
+        if isinstance(runs, list)
+        else {k: [Path(f) for f in v] for k, v in runs.items()}
+    )
     reports = {
         name: [json.loads((f / "report.json").read_text(encoding="utf-8")) for f in paths]
         for name, paths in folders.items()

@@ -118,3 +118,27 @@ def test_an_interrupted_stage_is_never_done_and_runs_again(tmp_path: Path, monke
     assert "done earlier, skipped" in lines[0]
     assert "(not done yet;" in lines[1]
     assert "reopened: hdpo ran again" in lines[3]
+
+
+def test_compare_finds_runs_by_name_by_seed_and_by_folder(tmp_path: Path) -> None:
+    """A name resolves to each seed's evaluation folder (pipeline.seeds); an existing folder is taken as it is,
+    even when its name holds '=' and ',' (sweep trial folders do); NAME=DIR1,DIR2 lists a run's seeds by hand."""
+    from polyalign_ray.stages.evaluate import run_folders
+    from polyalign_ray.stages.pipeline import seed_config
+
+    seeded = config(tmp_path, "pipeline.seeds=[0, 1]")
+    for seed in (0, 1):
+        folder = Path(seed_config(seeded, seed).eval.output_dir) / "hdpo"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text("{}")
+    assert run_folders(seeded, ["hdpo"]) == {
+        "hdpo": [tmp_path / "seeds" / f"seed_{s}" / "eval" / "hdpo" for s in (0, 1)]
+    }
+    trial = tmp_path / "trials" / "t1_reg_lambda=0,weight_gap=2,seed=0" / "eval" / "hdpo"
+    trial.mkdir(parents=True)
+    (trial / "report.json").write_text("{}")
+    assert run_folders(seeded, [str(trial)]) == {"hdpo": [trial]}
+    two = [str(tmp_path / "seeds" / f"seed_{s}" / "eval" / "hdpo") for s in (0, 1)]
+    assert run_folders(seeded, [f"mine={','.join(two)}"]) == {"mine": [Path(p) for p in two]}
+    with pytest.raises(FileNotFoundError, match="polyalign eval --name dpo"):
+        run_folders(seeded, ["dpo"])
