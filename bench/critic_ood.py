@@ -120,10 +120,13 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.run)
     variants = {
-        "human+SFT, features (before)": ["critic.corruptions_per_prompt=0"],
-        "human+SFT, no features": ["critic.corruptions_per_prompt=0", "critic.use_features=false"],
-        "+ corrupted, features (default)": [],
-        "+ corrupted, no features": ["critic.use_features=false"],
+        "human + SFT answers only, features": ["critic.corruptions_per_prompt=0"],
+        "human + SFT answers only, no features": [
+            "critic.corruptions_per_prompt=0",
+            "critic.use_features=false",
+        ],
+        "+ corrupted answers, features (default)": [],
+        "+ corrupted answers, no features": ["critic.use_features=false"],
     }
     if args.variant:
         variants = {}

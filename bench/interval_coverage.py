@@ -42,7 +42,7 @@ def simulate(
         runs = []
         for _ in range(2):
             runs.append([difficulty + rng.normal(0, tau) + rng.normal(0, 0.1, ITEMS) for _ in range(seeds)])
-        draws = draw(BUCKETS, seeds, samples, seed=repeat)
+        draws = draw(BUCKETS, samples, seed=repeat)
         series = [([float(s.mean()) for s in run], [replicates(s, draws.items) for s in run]) for run in runs]
         result = estimate(*series[0], draws, resampled_items=True)
         covered += result.low <= 0.4 <= result.high

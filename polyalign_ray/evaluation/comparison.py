@@ -65,7 +65,7 @@ def compare_runs(
                 f"{name}: evaluated on other items than {names[0]}; use the same data and eval.*"
             )
     num_seeds = seeds[names[0]]
-    draws = draw(sizes, num_seeds, samples, seed)
+    draws = draw(sizes, samples, seed)
     values = {name: seed_values(runs, draws) for name, runs in prepared.items()}
 
     def series(name: str, kind: str, key: str, metric: str) -> tuple[list, list]:

@@ -4,34 +4,34 @@ Why: one seed and 5-20 test items per bucket cannot tell an effect from noise. E
 carries a 95% interval, and the claims of the method are paired differences whose interval either excludes 0 or
 does not.
 
-The scheme, a two-level percentile bootstrap with ``B`` replicates (docs/evaluation.md):
+The scheme (docs/evaluation.md), for a run trained and evaluated with S seeds on the same test items:
 
-1. **Seeds**: draw S seeds with replacement from the S trained seeds (nothing to draw with one seed).
-2. **Items**: inside every bucket draw its n_b test items with replacement, so each replicate keeps the evaluation
-   set's bucket mix. The same item draw serves every seed and every run of the replicate.
-3. A run's replicate value is the mean over the drawn seeds of its metric on the drawn items. Item metrics
-   (EM, F1, ROUGE-L, length) are means over the drawn items; distribution metrics (BNG, HCR, C-MAUVE, TDM, MAUVE,
-   NUF, the aggregate) are recomputed on the resampled model answers of each bucket against the fixed human side,
-   with the MAUVE quantization held fixed (re-clustering would add k-means noise, not sampling noise). Set metrics
-   (distinct-n, Self-BLEU) are not resampled over items (repeated answers would look less diverse): their interval
-   is over seeds only, and there is none with one seed.
-4. The point estimate is the mean over seeds of the metric on all items; the interval is the 2.5th and 97.5th
-   percentiles of the replicates **centred on the point estimate** (shifted by the replicates' mean bias).
-   Distance-type metrics (BNG, TDM, MAUVE) are biased on a resample: repeated answers make the model's sample
-   lumpier, so every replicate lies farther from the humans than the real answers do, and uncentred percentiles
-   could leave the reported value outside its own interval. Centring keeps the spread and drops that artifact;
-   for item means it changes nothing (their replicates are centred already). A paired difference A − B takes both runs' values from the same replicate (same
-   seeds drawn by index, same items), so what they share (the items' difficulty, the seed's data order) cancels.
-   It is marked when its interval excludes 0, as better or worse in the metric's direction.
-
-Known limits, measured in ``tests/unit/test_intervals.py``: with one seed the interval covers a known mean at about
-the nominal rate; with three seeds the seed level is estimated from three values and the interval is narrower than
-it should be when seeds differ much (see docs/evaluation.md for the simulated coverage).
+1. **Items**: ``B`` bootstrap replicates, each drawing inside every bucket its n_b test items with replacement (the
+   evaluation set's bucket mix is kept). The same item draw serves every seed and every run. Item metrics (EM, F1,
+   ROUGE-L, length) are means over the drawn items; distribution metrics (BNG, HCR, C-MAUVE, TDM, MAUVE, NUF, the
+   aggregate) are recomputed on the resampled model answers of each bucket against the fixed human side, the
+   MAUVE quantization held fixed (re-clustering would add k-means noise, not sampling noise). Set metrics
+   (distinct-n, Self-BLEU) are not resampled (repeated answers would look less diverse).
+2. **One seed**: the interval is the 2.5-97.5 percentiles of the replicates **centred on the point estimate**.
+   Distance-type metrics (BNG, TDM, MAUVE) are biased on a resample (repeated answers make the sample lumpier, so
+   every replicate lies farther from the humans), and uncentred percentiles could miss the reported value. It
+   covers the test items only: a training seed's own variation is not in it (the report says so).
+3. **Several seeds**: the point is the mean over seeds; its variance is the seeds' variance / S (from the S
+   per-seed values, S - 1 degrees of freedom) plus the item variance of the mean over seeds (the replicates of
+   step 1 averaged over the seeds); the interval is point ± t(df) x its square root, df by Welch-Satterthwaite.
+   A percentile bootstrap that also resampled the seeds was tried first and measured (bench/interval_coverage.py):
+   with 3 seeds and a seed effect of sd 0.05 it marked 23% of pairs without a true difference; with 3 seeds the
+   seed level rests on 3 values and only a t interval is honest about that (it is wide: t(2) = 4.30).
+4. A paired difference A − B uses the same items for both runs and the per-seed differences A_s − B_s (seeds paired
+   by number), so what the runs share (the items' difficulty) cancels. It is marked when its interval excludes 0,
+   as better or worse in the metric's direction.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,32 +44,71 @@ NO_DIRECTION = frozenset({"mean_length_tokens", "n", "buckets"})
 
 @dataclasses.dataclass(frozen=True)
 class Draws:
-    """The random part of every replicate: which seeds (B, S) and how often each item of each bucket (B, n_b)."""
+    """The random part of every replicate: how often each item of each bucket is drawn, (B, n_b) per bucket."""
 
-    seeds: np.ndarray
     items: dict[str, np.ndarray]
 
     @property
     def samples(self) -> int:
-        return int(self.seeds.shape[0])
+        return int(next(iter(self.items.values())).shape[0]) if self.items else 0
 
 
-def draw(bucket_sizes: Mapping[str, int], num_seeds: int, samples: int, seed: int = 0) -> Draws:
-    """Seeded draws for ``samples`` replicates: seeds with replacement (all seed 0 when there is one), and per
-    bucket a multinomial count of each of its items (a resample with replacement of its n_b items)."""
-    if num_seeds < 1 or samples < 1:
-        raise ValueError(f"need at least one seed and one sample, got {num_seeds} and {samples}")
+def draw(bucket_sizes: Mapping[str, int], samples: int, seed: int = 0) -> Draws:
+    """Seeded draws for ``samples`` replicates: per bucket a multinomial count of each of its items (a resample
+    with replacement of its n_b items, so every replicate keeps the bucket mix)."""
+    if samples < 1:
+        raise ValueError(f"need at least one sample, got {samples}")
     rng = np.random.default_rng(seed)
-    seeds = (
-        rng.integers(0, num_seeds, size=(samples, num_seeds))
-        if num_seeds > 1
-        else np.zeros((samples, 1), dtype=np.int64)
-    )
     items = {
         bucket: rng.multinomial(size, np.full(size, 1.0 / size), size=samples).astype(np.float64)
         for bucket, size in sorted(bucket_sizes.items())
     }
-    return Draws(seeds=seeds, items=items)
+    return Draws(items=items)
+
+
+def student_t_quantile(probability: float, df: float) -> float:
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (df >= 1; the normal quantile
+    for very large df): the t density integrated by Simpson's rule, the quantile found by bisection."""
+    if df > 1e6:
+        return statistics.NormalDist().inv_cdf(probability)
+    if not 0.5 <= probability < 1:
+        raise ValueError(f"probability must be in [0.5, 1), got {probability}")
+    norm = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float, steps: int = 4000) -> float:
+        xs = np.linspace(0.0, x, steps + 1)
+        ys = norm * (1 + xs**2 / df) ** (-(df + 1) / 2)
+        weights = np.ones(steps + 1)
+        weights[1:-1:2], weights[2:-1:2] = 4, 2
+        return 0.5 + float(np.sum(weights * ys) * (x / steps) / 3)
+
+    low, high = 0.0, 1.0
+    while cdf(high) < probability:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < probability else (low, middle)
+    return (low + high) / 2
+
+
+def combined_interval(
+    point: float, per_seed: Sequence[float], item_replicates: np.ndarray | None, level: float = 0.95
+) -> tuple[float, float]:
+    """The interval of a mean over seeds (module docstring, step 4): with one seed the percentiles of the item
+    replicates centred on the point; with S seeds point ± t(df) x sqrt(seed variance / S + item variance), df by
+    Welch-Satterthwaite (S - 1 when the seeds dominate)."""
+    if len(per_seed) == 1:
+        if item_replicates is None:
+            raise ValueError("one seed and no item replicates: no interval")
+        return centred_interval(item_replicates, point, level)
+    seed_var = float(np.var(np.asarray(per_seed, dtype=np.float64), ddof=1)) / len(per_seed)
+    item_var = float(np.var(item_replicates)) if item_replicates is not None else 0.0
+    total = seed_var + item_var
+    if total <= 0:
+        return point, point
+    df = math.inf if seed_var <= 0 else total**2 * (len(per_seed) - 1) / seed_var**2
+    half = student_t_quantile(0.5 + level / 2, min(df, 1e7)) * math.sqrt(total)
+    return point - half, point + half
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -84,11 +123,12 @@ def centred_interval(replicates: np.ndarray, point: float, level: float = 0.95) 
     return percentile_interval(replicates - replicates.mean() + point, level)
 
 
-def replicate_means(per_seed: Sequence[np.ndarray | float], seed_draws: np.ndarray) -> np.ndarray:
-    """Replicate b: the mean over its drawn seeds of that seed's replicate value b (a float is constant over b)."""
-    samples = seed_draws.shape[0]
-    stacked = np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64), (samples,)) for v in per_seed])
-    return stacked[seed_draws, np.arange(samples)[:, None]].mean(1)
+def seed_average(per_seed: Sequence[np.ndarray | float], samples: int) -> np.ndarray:
+    """Replicate b: the mean over the seeds of each seed's replicate b (a float is constant over b): the item
+    resampling of the mean over seeds, seeds held fixed."""
+    return np.mean(
+        np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64), (samples,)) for v in per_seed]), axis=0
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +171,8 @@ def estimate(
     scheme = scheme_of(len(points), resampled_items)
     if scheme == "none":
         return Estimate(mean, None, None, len(points), scheme)
-    low, high = centred_interval(replicate_means(replicates, draws.seeds), mean, level)
+    items = seed_average(replicates, draws.samples) if resampled_items else None
+    low, high = combined_interval(mean, [float(p) for p in points], items, level)
     return Estimate(mean, low, high, len(points), scheme)
 
 
@@ -178,6 +219,9 @@ def paired_difference(
     mean = float(np.mean(points_a) - np.mean(points_b))
     if scheme_of(len(points_a), resampled_items) == "none":
         return Difference(mean, None, None, "n/a")
-    replicated = replicate_means(reps_a, draws.seeds) - replicate_means(reps_b, draws.seeds)
-    low, high = centred_interval(replicated, mean, level)
+    items = None
+    if resampled_items:
+        items = seed_average(reps_a, draws.samples) - seed_average(reps_b, draws.samples)
+    per_seed = [float(x) - float(y) for x, y in zip(points_a, points_b, strict=True)]
+    low, high = combined_interval(mean, per_seed, items, level)
     return Difference(mean, low, high, verdict_of(low, high, metric))
