@@ -71,8 +71,6 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -70,7 +70,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_scaling import process_tree, read_procs, system_busy_s, wait_for_quiet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

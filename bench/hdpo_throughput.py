@@ -33,15 +33,15 @@ at 1.0, weight decay 0. Timing is identical on both sides: a stamp at the end of
 ``TrainerCallback.on_step_end``; ours: ``on_log``), the first --warmup steps excluded, then the step-to-step
 intervals of the next --steps steps (data, reference, forward, loss, backward, optimizer, scheduler, logging).
 Tokens are the real (non-pad) tokens of each step's batch: prompt+chosen and prompt+rejected of every pair (TRL:
-the attention-mask sum in ``training_step``; ours: in a wrapper around ``loops.hdpo.collate_pairs``). Pairs are
+the attention-mask sum in ``training_step``; ours: the loop's step probe sees each collated batch). Pairs are
 drawn differently (TRL: shuffled; ours: the bucket sampler at natural frequencies), so per-token figures are the
 fair ones when token counts differ. Every run is its own child process and records the CPU that other processes
 used during its timed steps (~0 means quiet); a run above --busy-limit cores is run again.
 
-Our child also times the phases of each step by wrapping, in the child process only, what ``run_hdpo`` calls
-(no package file is changed): pair sampling, collate, the reference pass (frozen copy), the policy forward, the
-log-prob gather, the HDPO loss, backward, optimizer step, metrics all-reduce, log line; ``--profile DIR`` adds
-cProfile and torch.profiler tables of one extra precompute run.
+Our child also times the sections of each step through ``run_hdpo``'s step probe (``loops/probe.py``, the
+``harness.PhaseTimer``; nothing is patched): batch (sampling and collate), the reference pass (frozen copy), the
+policy forward with its response log-probs, the HDPO loss, backward, optimizer step, metrics all-reduce, log line;
+``--profile DIR`` adds cProfile and torch.profiler tables of one extra precompute run.
 
 Usage (from the repository root):
     .venv/bin/python bench/hdpo_throughput.py --trl-python /work/trl-venv/bin/python --wait-quiet 600 \\
@@ -66,8 +66,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sft_throughput as sftt  # helpers shared with the SFT benchmark
+import sft_throughput as sftt  # the SFT benchmark's child/report helpers (bench/ is on sys.path as the script's folder)
+from harness import PhaseTimer
 
 REPO = sftt.REPO
 MARKER = "HDPO_THROUGHPUT_JSON "
@@ -84,32 +84,6 @@ DISTANCE_NOISE_SD = 0.1
 # ----------------------------------------------------------------------------------------------------------------
 # Child: our HDPO loop
 # ----------------------------------------------------------------------------------------------------------------
-class PhaseTimer(sftt.PhaseTimer):
-    """sft_throughput's timer, plus absorbing phases: calls to other wrapped functions made inside an absorbing
-    phase (the reference pass's forward and log-prob gather) count towards it, not towards their own phase."""
-
-    def __init__(self):
-        super().__init__()
-        self.absorbing = 0
-
-    def wrap(self, name: str, fn, *, absorb: bool = False):
-        inner = super().wrap(name, fn)
-
-        def timed(*a, **k):
-            if self.absorbing:
-                return fn(*a, **k)
-            if not absorb:
-                return inner(*a, **k)
-            self.absorbing += 1
-            try:
-                return inner(*a, **k)
-            finally:
-                self.absorbing -= 1
-
-        timed.__wrapped__ = fn
-        return timed
-
-
 def build_our_pairs(args, shared_pairs: list[dict], tok, hdpo) -> tuple[list, dict[str, Any]]:
     """TokenizedPairs (no reference log-probs yet) with distances and weights, and a few data figures."""
     import numpy as np
@@ -190,6 +164,7 @@ def run_ours(args) -> dict[str, Any]:
     from polyalign_ray.config import HDPOConfig
     from polyalign_ray.hdpo_data import reference_sequence_logps
     from polyalign_ray.loops.checkpoints import LocalCheckpointer
+    from polyalign_ray.loops.probe import PHASES
     from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
 
     reference_mode = args.child_ref
@@ -262,41 +237,8 @@ def run_ours(args) -> dict[str, Any]:
         max_grad_norm=hdpo.max_grad_norm,
     )
 
-    # Token counting and phase timing: wrappers around the names run_hdpo looks up at call time.
+    # Phase timing and token counts: the loop's step probe.
     phases = PhaseTimer()
-    batches: list[tuple[int, int, int, int]] = []  # (real tokens, padded tokens, response tokens, rows)
-    original_collate = hdpo_module.collate_pairs
-
-    def counting_collate(pairs_, pad_token_id):
-        batch = original_collate(pairs_, pad_token_id)
-        batches.append(
-            (
-                int(batch["attention_mask"].sum()),
-                int(batch["input_ids"].numel()),
-                int((batch["labels"] != -100).sum()),
-                int(batch["input_ids"].shape[0]),
-            )
-        )
-        return batch
-
-    original_pair_log_probs = hdpo_module.pair_log_probs
-    reference_pass = phases.wrap("reference_pass", original_pair_log_probs, absorb=True)
-
-    def pair_log_probs(model_, batch):
-        if reference is not None and model_ is reference:
-            return reference_pass(model_, batch)
-        return original_pair_log_probs(model_, batch)
-
-    hdpo_module.collate_pairs = phases.wrap("collate", counting_collate)
-    hdpo_module.pair_log_probs = pair_log_probs
-    hdpo_module.sequence_log_probs = phases.wrap("logprobs", hdpo_module.sequence_log_probs)
-    hdpo_module.hdpo_loss = phases.wrap("loss", hdpo_module.hdpo_loss)
-    hdpo_module.write_metrics_line = phases.wrap("log_line", hdpo_module.write_metrics_line)
-    source.next_pairs = phases.wrap("sample", source.next_pairs)
-    model.forward = phases.wrap("forward", model.forward)
-    strategy.backward = phases.wrap("backward", strategy.backward)
-    strategy.optimizer_step = phases.wrap("optimizer_step", strategy.optimizer_step)
-    strategy.all_reduce_sum = phases.wrap("all_reduce_sum", strategy.all_reduce_sum)
 
     profiler = cprofiler = None
     if args.profile:
@@ -311,7 +253,6 @@ def run_ours(args) -> dict[str, Any]:
 
     def on_log(line: dict[str, Any]) -> None:
         stamps.append((time.perf_counter(), sftt.cpu_s(), sftt.system_busy_s(), os.getloadavg()[0]))
-        phases.close_step()
         if args.profile and len(stamps) == args.warmup:
             profiler.start()
             cprofiler.enable()
@@ -330,6 +271,7 @@ def run_ours(args) -> dict[str, Any]:
         checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
         reference_model=reference,
         on_log=on_log,
+        probe=phases,
     )
     t_train = time.perf_counter() - t0
 
@@ -341,6 +283,7 @@ def run_ours(args) -> dict[str, Any]:
     timed = dts[args.warmup - 1 :]
     timed_others = others[args.warmup - 1 :]
     quiet = [t for t, o in zip(timed, timed_others, strict=True) if o <= args.quiet_threshold]
+    batches = phases.batches
     real = [b[0] for b in batches[args.warmup : total_steps]]
     padded = [b[1] for b in batches[args.warmup : total_steps]]
     trained = [b[2] for b in batches[args.warmup : total_steps]]
@@ -351,22 +294,7 @@ def run_ours(args) -> dict[str, Any]:
     other_cpu = last[2] - first[2] - timed_cpu
     metrics = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
     loop_step_s = [m["step_seconds"] for m in metrics[args.warmup : total_steps]]
-    phase_names = [
-        n
-        for n in (
-            "sample",
-            "collate",
-            "reference_pass",
-            "forward",
-            "logprobs",
-            "loss",
-            "backward",
-            "optimizer_step",
-            "all_reduce_sum",
-            "log_line",
-        )
-        if any(n in s for s in phases.steps)
-    ]
+    phase_names = [n for n in PHASES if any(n in step for step in phases.steps)]
     phase_median = {
         name: round(statistics.median(s.get(name, 0.0) for s in phases.steps[args.warmup : total_steps]), 4)
         for name in phase_names
@@ -686,11 +614,11 @@ def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
             )
         lines += [
             "",
-            "Phases: `sample` the pair sampler, `collate` the 2B-row batch, `reference_pass` the frozen copy's "
-            "forward and log-prob gather (no grad), `forward` the policy's forward, `logprobs` the policy's "
-            "log-prob gather over the vocabulary (`losses.sequence_log_probs`), `loss` `losses.hdpo_loss` (DPO "
-            "term, weights, regularizer, SFT term), `backward`, `optimizer_step` (clip, AdamW, scheduler, zero "
-            "grad), `other` the rest of the step (metric float conversions, bookkeeping).",
+            "Phases (the loop's step probe, `loops/probe.py`): `batch` the pair sampler and the 2B-row collate, "
+            "`reference` the frozen copy's forward and log-probs (no grad), `forward` the policy's forward with "
+            "its response log-probs (logits at labelled positions only), `loss` `losses.hdpo_loss` (DPO term, "
+            "weights, regularizer, SFT term), `backward`, `optimizer_step` (clip, AdamW, scheduler, zero grad), "
+            "`metrics` the all-reduce, `log` the metrics line, `other` the rest of the step.",
         ]
         r = ours[0]
         lines += [

@@ -60,6 +60,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from harness import machine_cpu_util, system_busy_s  # noqa: E402, F401  (hdpo_online imports from here)
+
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -68,22 +70,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # ----------------------------------------------------------------------------------------------------------------
 # Machine load
 # ----------------------------------------------------------------------------------------------------------------
-def system_busy_s() -> float:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return (sum(fields[:8]) - idle) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
-def machine_cpu_util(window_s: float = 2.0) -> float:
-    b0, t0 = system_busy_s(), time.perf_counter()
-    time.sleep(window_s)
-    return (system_busy_s() - b0) / (time.perf_counter() - t0)
-
-
 def wait_for_quiet(threshold: float, max_wait_s: float, window_s: float = 5.0) -> tuple[float, float]:
     """Wait until OTHER processes (not this process tree: our own idle Ray processes use ~0.2 cores) use under
     ``threshold`` cores for one window; returns (seconds waited, last reading)."""

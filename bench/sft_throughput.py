@@ -43,8 +43,6 @@ import importlib.util
 import itertools
 import json
 import os
-import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -55,22 +53,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import (
+    OFFLINE_ENV,
+    REPO,
+    PhaseTimer,
+    cpu_s,
+    fmt,
+    machine_cpu_util,
+    machine_info,
+    matmul_peak_gflops,
+    peak_rss_mib,
+    system_busy_s,
+    wait_for_quiet,
+)
+
 DEFAULT_SHARED = REPO.parent / "shared" / "bench" / "trl_baseline.py"
 DEFAULT_TRL_PYTHON = REPO / "bench" / ".venv-trl" / "bin" / "python"
 MARKER = "SFT_THROUGHPUT_JSON "
 # The shared script's parent prints bare JSON lines; its child prefixes them with this.
 TRL_MARKER = "TRL_BASELINE_JSON "
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TQDM_DISABLE": "1",
-    "DS_ACCELERATOR": "cpu",
-}
 # TRL's SFTConfig defaults (transformers TrainingArguments), matched on our side
 LEARNING_RATE = 2e-5
 MAX_GRAD_NORM = 1.0
@@ -99,67 +101,6 @@ def load_shared(path: Path):
     if missing:
         raise SystemExit(f"error: {path} has no {missing}: not the expected trl_baseline.py")
     return module
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def system_busy_s() -> float:
-    """CPU seconds all processes on the machine have used since boot (same formula as the shared script)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
-def machine_cpu_util(window_s: float = 2.0) -> float:
-    """Cores in use on the whole machine over a short window."""
-    b0, t0 = system_busy_s(), time.perf_counter()
-    time.sleep(window_s)
-    return (system_busy_s() - b0) / (time.perf_counter() - t0)
-
-
-def wait_for_quiet(threshold: float, max_wait_s: float, window_s: float = 5.0) -> tuple[float, float]:
-    """Wait until the machine uses under ``threshold`` cores for one window; (seconds waited, last reading)."""
-    start = time.perf_counter()
-    while True:
-        used = machine_cpu_util(window_s)
-        if used != used or used < threshold or time.perf_counter() - start > max_wait_s:
-            return time.perf_counter() - start, used
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = float("nan")
-    try:
-        with open("/proc/meminfo") as f:
-            mem_gib = int(f.readline().split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "mem_gib": round(mem_gib, 1),
-        "python": platform.python_version(),
-        "host_kernel": platform.release(),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,29 +152,6 @@ def records_from_pairs(pairs: list[dict]) -> Any:
     return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
-class PhaseTimer:
-    """Wall seconds per named phase, per optimizer step (wrappers installed around what run_sft calls)."""
-
-    def __init__(self):
-        self.current: dict[str, float] = {}
-        self.steps: list[dict[str, float]] = []
-
-    def wrap(self, name: str, fn):
-        def timed(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - t
-
-        timed.__wrapped__ = fn
-        return timed
-
-    def close_step(self) -> None:
-        self.steps.append(self.current)
-        self.current = {}
-
-
 def run_ours(args) -> dict[str, Any]:
     import torch
 
@@ -242,7 +160,6 @@ def run_ours(args) -> dict[str, Any]:
 
     transformers.logging.set_verbosity_warning()
 
-    import polyalign_ray.loops.sft as sft_module
     from polyalign_ray.config import SamplerConfig, SFTConfig
     from polyalign_ray.loops.checkpoints import LocalCheckpointer
     from polyalign_ray.loops.sft import run_sft
@@ -262,6 +179,8 @@ def run_ours(args) -> dict[str, Any]:
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()  # transformers' default kwargs, as TRL passes them
     n_params = sum(p.numel() for p in model.parameters())
+    n_head = model.get_output_embeddings().weight.numel()  # tied: also counted once in n_params
+    peak = matmul_peak_gflops()
 
     t0 = time.perf_counter()
     records = records_from_pairs(pairs)
@@ -304,31 +223,8 @@ def run_ours(args) -> dict[str, Any]:
         max_grad_norm=sft.max_grad_norm,
     )
 
-    # Token counting and phase timing: wrappers around the names run_sft looks up at call time.
+    # Phase timing and token counts: the loop's step probe.
     phases = PhaseTimer()
-    batches: list[tuple[int, int, int, int]] = []  # (real tokens, padded tokens, loss tokens, rows)
-    original_collate = sft_module.collate
-
-    def counting_collate(examples_, pad_token_id):
-        batch = original_collate(examples_, pad_token_id)
-        batches.append(
-            (
-                int(batch["attention_mask"].sum()),
-                int(batch["input_ids"].numel()),
-                int((batch["labels"] != -100).sum()),
-                int(batch["input_ids"].shape[0]),
-            )
-        )
-        return batch
-
-    sft_module.collate = phases.wrap("collate", counting_collate)
-    sft_module.response_nll = phases.wrap("loss", sft_module.response_nll)
-    sft_module.weighted_sft_loss = phases.wrap("loss", sft_module.weighted_sft_loss)
-    sft_module._write_metrics_line = phases.wrap("log_line", sft_module._write_metrics_line)
-    model.forward = phases.wrap("forward", model.forward)
-    strategy.backward = phases.wrap("backward", strategy.backward)
-    strategy.optimizer_step = phases.wrap("optimizer_step", strategy.optimizer_step)
-    strategy.all_reduce_sum = phases.wrap("all_reduce_sum", strategy.all_reduce_sum)
 
     profiler = None
     cprofiler = None
@@ -344,7 +240,6 @@ def run_ours(args) -> dict[str, Any]:
 
     def on_log(line: dict[str, Any]) -> None:
         stamps.append((time.perf_counter(), cpu_s(), system_busy_s(), os.getloadavg()[0]))
-        phases.close_step()
         if args.profile and len(stamps) == args.warmup:
             profiler.start()
             cprofiler.enable()
@@ -362,6 +257,8 @@ def run_ours(args) -> dict[str, Any]:
         output_dir=scratch,
         checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
         on_log=on_log,
+        probe=phases,
+        labelled_only=args.logits == "labelled",
     )
     t_train = time.perf_counter() - t0
 
@@ -375,6 +272,7 @@ def run_ours(args) -> dict[str, Any]:
     timed = dts[args.warmup - 1 :]
     timed_others = others[args.warmup - 1 :]
     quiet = [t for t, o in zip(timed, timed_others, strict=True) if o <= args.quiet_threshold]
+    batches = phases.batches
     real = [b[0] for b in batches[args.warmup : total_steps]]
     padded = [b[1] for b in batches[args.warmup : total_steps]]
     trained = [b[2] for b in batches[args.warmup : total_steps]]
@@ -400,7 +298,17 @@ def run_ours(args) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "gradient_checkpointing": gradient_checkpointing,
-        "optim": "torch.optim.AdamW (adamw_factory, betas 0.9/0.95, default foreach/fused: single-tensor on CPU)",
+        "optim": "torch.optim.AdamW (adamw_factory: betas 0.9/0.95, fused)",
+        "logits": args.logits,
+        "matmul_peak_gflops": round(peak, 1),
+        "mfu_6n": round(6 * n_params * sum(real) / sum_t / 1e9 / peak, 4),
+        "lm_head_share_of_6n": round(n_head / n_params, 4),
+        "logit_rows_per_step_mean": round(
+            statistics.mean(
+                b[2] if args.logits == "labelled" else b[1] for b in batches[args.warmup : total_steps]
+            ),
+            1,
+        ),
         "learning_rate": LEARNING_RATE,
         "sampler_alpha": args.alpha,
         "bucket_sizes": sizes,
@@ -532,7 +440,10 @@ def parse_args(argv=None):
         help="TRL runs: comma list of gc_on (TRL's default), gc_off (default both)",
     )
     ap.add_argument(
-        "--ours", default="gc_off,gc_on", help="our runs: gc_off (our default), gc_on (default both)"
+        "--ours",
+        default="gc_off,gc_on,gc_off+all_logits",
+        help="our runs: gc_off (our default), gc_on; +all_logits computes logits at every position "
+        "(model.logits=all, the path before logits were limited to labelled positions) (default all three)",
     )
     ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
     ap.add_argument(
@@ -591,23 +502,17 @@ def parse_args(argv=None):
     ap.add_argument("--report", default=None, help="write the Markdown report here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
+    ap.add_argument("--logits", default="labelled", choices=["labelled", "all"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.warmup < 1:
         ap.error("--warmup must be >= 1")
     return args
 
 
-def fmt(v: Any, nd: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}" if abs(v) < 100 else f"{v:,.0f}"
-    return str(v)
-
-
 def run_label(r: dict) -> str:
     side = "TRL SFTTrainer" if r["side"] == "trl" else "ours run_sft"
-    return f"{side}, GC {'on' if r['gradient_checkpointing'] else 'off'}"
+    logits = ", all logits" if r.get("logits") == "all" else ""
+    return f"{side}, GC {'on' if r['gradient_checkpointing'] else 'off'}{logits}"
 
 
 def aggregate(runs: list[dict]) -> dict[str, dict]:
@@ -625,6 +530,9 @@ def aggregate(runs: list[dict]) -> dict[str, dict]:
             "samples_per_s": statistics.median(r["samples_per_s"] for r in rs),
             "other_procs_cpu_util_timed": max(r["other_procs_cpu_util_timed"] for r in rs),
         }
+        if all("mfu_6n" in r for r in rs):
+            out[key]["mfu_6n"] = statistics.median(r["mfu_6n"] for r in rs)
+            out[key]["matmul_peak_gflops"] = statistics.median(r["matmul_peak_gflops"] for r in rs)
     return out
 
 
@@ -633,6 +541,7 @@ def ratios(agg: dict[str, dict]) -> list[tuple[str, str, str, float]]:
         ("ours_gc_off", "trl_gc_on", "ours (GC off, our default) / TRL (GC on, TRL's default)"),
         ("ours_gc_off", "trl_gc_off", "ours / TRL, both GC off (like for like)"),
         ("ours_gc_on", "trl_gc_on", "ours / TRL, both GC on (like for like)"),
+        ("ours_gc_off", "ours_gc_off+all_logits", "ours, logits at labelled positions / at every position"),
     ]
     out = []
     for a, b, label in pairs:
@@ -671,6 +580,21 @@ def render_report(args, argv: list[str], runs: list[dict], info: dict, load: dic
     for _, _, label, value in rats:
         lines.append(f"- {label}: **{value:.2f}×**")
     ours = [r for r in runs if r["side"] == "ours"]
+    mfu = [(key, row) for key, row in agg.items() if "mfu_6n" in row]
+    if mfu:
+        lines += [
+            "",
+            "Model FLOP utilization, counting 6N FLOPs per real token (N = all parameters, the tied lm_head "
+            "included) against the fp32 2048³ matmul peak measured in the same process (median over repeats). "
+            "With logits at labelled positions only, the lm_head's share of 6N "
+            f"({fmt(ours[0]['lm_head_share_of_6n'] * 100, 1)}% here) is computed only for the loss tokens: that part "
+            "of the gain is work skipped, not work done faster.",
+            "",
+        ]
+        for key, row in mfu:
+            lines.append(
+                f"- {key}: MFU {row['mfu_6n'] * 100:.1f}% of {row['matmul_peak_gflops']:.0f} GFLOP/s"
+            )
     if ours:
         lines += ["", "Our step, by phase (median seconds over the timed steps):", ""]
         names = list(ours[0]["phase_seconds_median"])
@@ -726,8 +650,10 @@ def main(argv=None) -> int:
         plan += [("trl", c.strip()) for c in args.trl.split(",") if c.strip()]
     plan += [("ours", c.strip()) for c in args.ours.split(",") if c.strip()]
     for side, c in plan:
-        if c not in ("gc_on", "gc_off"):
-            raise SystemExit(f"error: unknown configuration {c!r} for {side} (gc_on, gc_off)")
+        if c.split("+")[0] not in ("gc_on", "gc_off") or c.split("+")[1:] not in ([], ["all_logits"]):
+            raise SystemExit(
+                f"error: unknown configuration {c!r} for {side} (gc_on, gc_off, gc_off+all_logits)"
+            )
 
     log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="sft_throughput_logs_"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -743,7 +669,8 @@ def main(argv=None) -> int:
     discarded = []
     for repeat in range(args.repeats):
         for side, c in plan:
-            gc = c.split("_")[1]
+            gc = c.split("+")[0].split("_")[1]
+            logits = "all" if c.endswith("+all_logits") else "labelled"
             for attempt in range(args.retries + 1):
                 waited = None
                 if args.wait_quiet > 0:
@@ -761,7 +688,8 @@ def main(argv=None) -> int:
                         result["side"] = "trl"
                 else:
                     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--child-gc", gc,
-                           "--shared-script", str(shared_path), "--alpha", str(args.alpha), *common_argv(args)]  # fmt: skip
+                           "--shared-script", str(shared_path), "--alpha", str(args.alpha), "--logits", logits,
+                           *common_argv(args)]  # fmt: skip
                     if args.profile and gc == "off":
                         cmd += ["--profile", args.profile]
                     result = run_child(cmd, env, log_path, MARKER)

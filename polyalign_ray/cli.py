@@ -25,6 +25,7 @@ QUIET_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Writing model shards" bars, on every save
 }
 # With the built-in model or a local model folder nothing needs a hub, so nothing may try one. A model given by
 # hub name (real clusters) leaves these unset so transformers can download it.
@@ -51,7 +52,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyalign", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and Ray's own messages on the console"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     prepare = sub.add_parser("prepare", help="corpus files -> bucketed, deduplicated, split records")
@@ -221,6 +224,8 @@ def flag_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         for flag, key in FLAG_KEYS.get(args.command, {}).items()
         if getattr(args, flag)
     ]
+    if args.verbose:
+        out.append(("ray.console", "full"))
     if args.command == "prepare" and args.input:
         out.append(("data.inputs", list(args.input)))
     if args.command == "pipeline":
@@ -310,7 +315,7 @@ def _run_prepare(config: PolyAlignConfig, engine: str) -> int:
         return 0
     from polyalign_ray.distributed.runtime import ray_runtime
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.data.output_dir) / "logs"):
         run_prepare(config, engine="ray")
     return 0
 
@@ -319,7 +324,7 @@ def _run_references(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.data import run_references
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.data.output_dir) / "logs"):
         print(run_references(config))
     return 0
 
@@ -328,7 +333,7 @@ def _run_sft(config: PolyAlignConfig, resume_from: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.sft import run_sft_stage
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.sft.output_dir) / "logs"):
         run_sft_stage(config, resume_from=resume_from)
     return 0
 
@@ -338,7 +343,7 @@ def _run_critic(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.critic import run_critic_stage
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.critic.output_dir) / "logs"):
         try:
             run_critic_stage(config)
         except CriticQualityError as exc:
@@ -351,7 +356,7 @@ def _run_hdpo(config: PolyAlignConfig, resume_from: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.hdpo import run_hdpo_stage
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.hdpo.output_dir) / "logs"):
         summary = run_hdpo_stage(config, resume_from=resume_from)
     print(hdpo_line(summary, config.hdpo.output_dir))
     return 0
@@ -373,7 +378,7 @@ def _run_eval(config: PolyAlignConfig, model: str, name: str) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.evaluate import run_eval_stage
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.eval.output_dir) / "logs"):
         report = run_eval_stage(config, model, name)
     overall = report["overall"]
     print(
@@ -400,7 +405,7 @@ def _run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.critic import run_score
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(output_path).parent / "logs"):
         count = run_score(config, critic_dir, input_path, output_path)
     print(f"scored {count} rows -> {output_path}")
     return 0
@@ -410,7 +415,7 @@ def _run_pipeline(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.stages.pipeline import run_pipeline
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.data.output_dir).parent / "logs"):
         results = run_pipeline(config)
     print(pipeline_summary(config, results))
     return 0
@@ -420,7 +425,7 @@ def _run_sweep(config: PolyAlignConfig) -> int:
     from polyalign_ray.distributed.runtime import ray_runtime
     from polyalign_ray.distributed.tune_trials import run_sweep
 
-    with ray_runtime(config.ray):
+    with ray_runtime(config.ray, Path(config.sweep.output_dir) / "logs"):
         summary = run_sweep(config)
     print(sweep_summary(summary))
     return 0 if "best" in summary else 1

@@ -40,10 +40,13 @@ class DataConfig:
     builtin_max_per_bucket: int = 400
     """Per-bucket cap of the built-in corpus (keeps the demo small and its selection deterministic)."""
     output_dir: str = "runs/demo/data"
+    """Where prepare writes the records per split, the manifest, quarantine and duplicates (DATA_DIR)."""
     seed: int = 0
     """Seed of the hash split (changing it reshuffles which conversations land in val/test)."""
     val_fraction: float = 0.05
+    """Share of each (source, language) stratum's groups that goes to validation."""
     test_fraction: float = 0.1
+    """Share of each (source, language) stratum's groups that goes to test."""
     expand_turns: bool = False
     """Make one record per assistant turn of a conversation (default: only the last assistant turn)."""
     max_row_chars: int = 200_000
@@ -92,6 +95,7 @@ class ReferencesConfig:
     min_count: int = 20
     """Buckets with fewer train records back off to their parent bucket."""
     quantiles: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+    """Quantile levels of each feature kept per bucket node (the human reference distribution)."""
     band: tuple[float, float] = (0.1, 0.9)
     """The human band [lo, hi] of the distance: quantiles that must be among ``quantiles``."""
     scale_floor: float = 0.05
@@ -124,6 +128,7 @@ class SamplerConfig:
     multipliers: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Per-bucket multipliers m_b (bucket id -> factor, default 1); what a Tune sweep varies."""
     seed: int = 0
+    """Seed of the bucket draws: the same seed gives the same global batches on any worker count."""
     mode: Literal["sampler", "loss_weights"] = "sampler"
     """``sampler``: draw batches with p(b); ``loss_weights``: natural order, per-example weights p(b)/(n_b/N)."""
 
@@ -142,10 +147,15 @@ class LoraConfig:
     """Low-rank adapters through peft: only the adapters train; they are saved separately and can be merged."""
 
     enabled: bool = False
+    """Train low-rank adapters instead of every weight."""
     r: int = 8
+    """Adapter rank."""
     alpha: int = 16
+    """Adapter scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.0
+    """Dropout on the adapter input, in [0, 1)."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Names of the linear layers that get adapters."""
 
     def problems(self, path: str) -> list[str]:
         out = []
@@ -178,16 +188,30 @@ class ModelConfig:
     profile_conditioning: bool = False
     """Put the bucket attributes (language, track, family, length) in the system prompt."""
     attn_implementation: str = "sdpa"
+    """transformers' attention kernel: sdpa, eager or flash_attention_2 (GPU)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
     trust_remote_code: bool = False
+    """Allow model code from the model's folder or hub repository (only for models you trust)."""
+    logits: Literal["labelled", "all"] = "labelled"
+    """Where training computes vocabulary logits: ``labelled`` only at positions followed by a response token
+    (the same log-probs, less work: see logprobs.py); ``all`` at every position (the reference path)."""
     builtin_hidden_size: int = 128
+    """Hidden size of the built-in model (ignored with name_or_path)."""
     builtin_layers: int = 2
+    """Transformer layers of the built-in model."""
     builtin_heads: int = 4
+    """Attention heads of the built-in model (divides builtin_hidden_size)."""
     builtin_kv_heads: int = 2
+    """Key/value heads of the built-in model (grouped-query attention; divides builtin_heads)."""
     builtin_intermediate_size: int = 512
+    """MLP width of the built-in model."""
     builtin_vocab_size: int = 4096
+    """Vocabulary of the built-in byte-level BPE, trained in-process on the train split."""
     builtin_seed: int = 0
+    """Seed of the built-in model's initial weights."""
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    """Low-rank adapters (``model.lora.*``)."""
 
     def problems(self, path: str) -> list[str]:
         out = []
@@ -259,37 +283,54 @@ class SFTConfig:
     """``polyalign sft``: Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers."""
 
     output_dir: str = "runs/demo/sft"
+    """Where SFT writes metrics.jsonl, summary.json, final/ and Ray Train's checkpoints (SFT_DIR)."""
     num_workers: int = 2
+    """Ray Train workers, each a DeepSpeed ZeRO engine holding its slice of every global batch."""
     use_gpu: bool = False
+    """One GPU per worker (then cpus_per_worker and torch_threads are ignored)."""
     cpus_per_worker: float = 0.5
     """Ray CPUs reserved per worker; below 1 so Ray Data keeps a CPU on small machines (CPU_NOTES.md)."""
     torch_threads: int = 1
     """torch intra-op threads per worker on CPU (0: torch's default)."""
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3: what is partitioned over workers (optimizer, gradients, weights)."""
     offload_optimizer: bool = False
+    """ZeRO offload of the optimizer state to CPU memory (GPU runs short of memory)."""
     deepspeed_config: str = ""
     """Path to a DeepSpeed JSON whose keys override the generated config."""
     micro_batch_size: int = 4
+    """Examples per worker per forward/backward."""
     grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; the global batch is micro_batch_size x this x num_workers."""
     max_steps: int = 0
     """Optimizer steps; 0: ``epochs`` passes over the train split's size."""
     epochs: float = 0.5
+    """Passes over the train split when max_steps is 0 (fractions allowed)."""
     lr: float = 1e-3
+    """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     warmup_steps: int = 10
+    """Optimizer steps of linear warmup from 0 to lr."""
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine, linear or constant."""
     min_lr_ratio: float = 0.1
+    """The learning rate at the last step, as a fraction of lr (cosine and linear)."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0: no clipping)."""
     loss_normalization: Literal["example", "token"] = "example"
     """``example``: mean over examples of each example's token-mean NLL (METHOD.md); ``token``: sum over all
     response tokens / the token count all-reduced over ranks and accumulation steps."""
     train_history_turns: bool = False
     """Also train on the assistant turns of the history (not only the response)."""
     log_every: int = 5
+    """Optimizer steps per metrics.jsonl line (and progress line)."""
     checkpoint_every: int = 0
     """Optimizer steps between checkpoints (0: only the final one)."""
     keep_checkpoints: int = 2
+    """Ray Train checkpoints kept (the latest ones)."""
     seed: int = 0
+    """Seed of torch in each worker (dropout, new weights such as LoRA adapters)."""
     max_failures: int = 1
     """Worker-group restarts Ray Train may do, each resuming from the latest checkpoint."""
     fail_at_step: int = 0
@@ -304,14 +345,21 @@ class GenerationConfig:
     """Decoding for rollouts, critic training samples and evaluation (the prompt renderer is shared)."""
 
     max_new_tokens: int = 64
+    """Longest generated answer, in tokens."""
     do_sample: bool = True
+    """Sample (true) or decode greedily (false)."""
     temperature: float = 1.0
+    """Sampling temperature."""
     top_p: float = 0.95
+    """Nucleus sampling: keep the smallest token set with this much probability."""
     batch_size: int = 16
+    """Prompts per generate call in each generation actor."""
     seed: int = 0
+    """Seed of sampling (per batch of records, so a rerun on the same records gives the same answers)."""
     num_workers: int = 1
     """Ray Data generation actors (each holds one copy of the policy)."""
     use_gpu: bool = False
+    """One GPU per generation actor."""
 
     def problems(self, path: str) -> list[str]:
         out = []
@@ -332,29 +380,43 @@ class CriticConfig:
     """``polyalign critic``: the learned estimate of the distance to human support (METHOD.md section 4)."""
 
     output_dir: str = "runs/demo/critic"
+    """Where the critic bundle, its gates and the SFT samples it was trained on go (CRITIC_DIR)."""
     policy: str = ""
     """Model whose samples are the critic's model answers; empty: the SFT output (``sft.output_dir/final``)."""
     encoder: Literal["hashed_ngrams", "frozen_lm"] = "hashed_ngrams"
     """hashed_ngrams: character 1-3-grams and words hashed into learned embeddings (bilingual, no model);
     frozen_lm: mean-pooled hidden states of ``critic.encoder_model`` (default: the policy)."""
     encoder_model: str = ""
+    """The frozen_lm encoder's model (empty: the SFT policy)."""
     use_features: bool = True
     """Also feed the standardized hand features (features.py) to the MLP."""
     hash_buckets: int = 65_536
+    """Hashed n-gram features of the hash encoder."""
     embedding_dim: int = 64
+    """Width of the answer embedding."""
     boundary_dim: int = 16
     """hashed_ngrams: size of the embedding of how an answer starts and ends (its first and last 1-3 characters),
     which shows an answer cut off mid-sentence; 0: none."""
     bucket_embedding_dim: int = 16
+    """Width of the bucket embedding the critic conditions on."""
     hidden_dim: int = 256
+    """Width of the critic's hidden layer."""
     epochs: int = 20
+    """Passes over the critic's training examples."""
     batch_size: int = 128
+    """Examples per critic optimizer step."""
     lr: float = 3e-3
+    """Critic learning rate (AdamW)."""
     weight_decay: float = 1e-4
+    """Critic AdamW weight decay."""
     huber_delta: float = 1.0
+    """Huber loss threshold of the distance regression."""
     rank_weight: float = 0.5
+    """Weight of the ranking hinge (a human answer scores below a model answer to the same prompt)."""
     rank_margin: float = 0.1
+    """Margin of that ranking hinge."""
     samples_per_prompt: int = 1
+    """SFT samples drawn per prompt as the critic's model answers."""
     max_prompts: int = 600
     """Train prompts to sample model answers for (0: all); a seeded choice, 600 keeps the demo within minutes."""
     min_spearman: float = 0.3
@@ -381,12 +443,15 @@ class CriticConfig:
     """Training fails when, for some corruption kind, held-out corrupted answers score farther than their original
     human answer in fewer than this share of cases (0.5 is chance: a critic blind to that kind)."""
     seed: int = 0
+    """Seed of the critic's prompts, corruptions, split, initialisation and batches."""
     num_actors: int = 2
     """Actors of the scoring pool."""
     max_in_flight: int = 8
     """Batches submitted to the pool and not yet collected (backpressure beyond this)."""
     actor_num_cpus: float = 0.0
+    """CPUs reserved by each critic pool actor."""
     actor_num_gpus: float = 0.0
+    """GPUs reserved by each critic pool actor (fractions share one GPU)."""
 
     def problems(self, path: str) -> list[str]:
         out = []
@@ -433,7 +498,9 @@ class HDPOConfig:
     DeepSpeed ZeRO workers, offline (human answer vs SFT sample) or online (rollouts scored by the critic pool)."""
 
     output_dir: str = "runs/demo/hdpo"
+    """Where HDPO writes its pairs, metrics.jsonl, summary.json and final/ (HDPO_DIR)."""
     mode: Literal["offline", "online"] = "offline"
+    """offline: human answer vs stored SFT sample; online: rollouts of the current policy scored by the critic pool."""
     policy: str = ""
     """Starting policy and frozen reference; empty: the SFT output (``sft.output_dir/final``)."""
     critic: str = ""
@@ -448,11 +515,13 @@ class HDPOConfig:
     copy of the reference in every worker (needed when pairs change, i.e. online mode always uses the generator's
     frozen copy)."""
     beta: float = 0.1
+    """Strength of the implicit KL to the reference (DPO's beta)."""
     reg_lambda: float = 0.1
     """lambda: weight of the expected human-support distance R (0 with sft_coef 0 and unit weights: plain DPO)."""
     sft_coef: float = 0.05
     """gamma: weight of the chosen answer's token-mean NLL."""
     loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    """Preference loss: sigmoid (DPO), ipo or cdpo (label-smoothed)."""
     ipo_logps: Literal["token_mean", "sum"] = "token_mean"
     """loss_type ipo: the log-ratios as per-token means (TRL's convention: the same beta is the same loss there) or
     sums over the answer. token_mean by default: IPO pulls the margin to 1 / (2 beta), and on sums that target means
@@ -464,28 +533,45 @@ class HDPOConfig:
     weight_gap: float = 1.0
     """c in the pair weight."""
     weight_min: float = 0.5
+    """Lower clip of the pair weights."""
     weight_max: float = 3.0
+    """Upper clip of the pair weights."""
     unit_weights: bool = False
     """All pair weights 1 (the DPO baseline sets this with reg_lambda = sft_coef = 0)."""
     num_workers: int = 2
+    """Ray Train workers, each a DeepSpeed ZeRO engine."""
     use_gpu: bool = False
+    """One GPU per worker."""
     cpus_per_worker: float = 0.5
+    """Ray CPUs reserved per worker (below 1 leaves a CPU to Ray Data on small machines)."""
     torch_threads: int = 1
+    """torch intra-op threads per worker on CPU (0: torch's default)."""
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3."""
     offload_optimizer: bool = False
+    """ZeRO offload of the optimizer state to CPU memory."""
     deepspeed_config: str = ""
+    """Path to a DeepSpeed JSON whose keys override the generated config."""
     micro_batch_size: int = 4
     """Pairs per worker per micro-batch (each pair is two sequences)."""
     grad_accum_steps: int = 1
+    """Micro-batches per optimizer step."""
     max_steps: int = 0
     """Optimizer steps; 0: ``epochs`` passes over the offline pairs (online: required, default 20 when 0)."""
     epochs: float = 1.0
+    """Passes over the offline pairs when max_steps is 0."""
     lr: float = 2e-4
+    """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     warmup_steps: int = 5
+    """Optimizer steps of linear warmup."""
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine, linear or constant."""
     min_lr_ratio: float = 0.1
+    """The learning rate at the last step, as a fraction of lr."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0: no clipping)."""
     rollouts_per_prompt: int = 4
     """Online: k samples of the current policy per prompt."""
     rollout_prompts: int = 0
@@ -510,10 +596,15 @@ class HDPOConfig:
     """Online: ``hf`` (HF generate, CPU or GPU) or ``package.module:ClassName``, a class with the interface of
     ``rollout_worker.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
     log_every: int = 5
+    """Optimizer steps per metrics.jsonl line."""
     checkpoint_every: int = 0
+    """Optimizer steps between checkpoints (0: only the final one)."""
     keep_checkpoints: int = 2
+    """Ray Train checkpoints kept (the latest ones)."""
     seed: int = 0
+    """Seed of the prompt selection, the pair sampler and torch in each worker."""
     max_failures: int = 1
+    """Worker-group restarts Ray Train may do, each resuming from the latest checkpoint."""
     fail_at_step: int = 0
     """Testing hook: the last rank exits abruptly once at this step (0: never)."""
 
@@ -562,7 +653,9 @@ class EvalConfig:
     """``polyalign eval`` / ``polyalign compare``: the metrics of METHOD.md section 6 on a stratified test set."""
 
     output_dir: str = "runs/demo/eval"
+    """Where each evaluated model's report.json and predictions go, and the comparison report (EVAL_DIR)."""
     split: Literal["test", "val"] = "test"
+    """The records evaluated: test (or val), stratified per bucket."""
     per_bucket: int = 20
     """At most this many items per bucket (all of a smaller bucket): every bucket is represented."""
     human_per_bucket: int = 500
@@ -573,10 +666,15 @@ class EvalConfig:
     profile_length: bool = False
     """With model.profile_conditioning: put the gold length bin in evaluation prompts (unknown at deployment)."""
     min_bucket_items: int = 5
+    """Fewer predictions in a bucket: no distribution metrics for it."""
     bng_cap: float = 5.0
+    """Per-feature cap of the bucket-normalized gap (BNG), so one wild feature cannot dominate."""
     scale_floor: float = 0.05
+    """Smallest feature scale BNG divides by (avoids dividing by a near-zero spread)."""
     self_bleu_sample: int = 200
+    """At most this many answers (sampled) enter each Self-BLEU computation."""
     mauve_scaling: float = 5.0
+    """MAUVE's scaling constant c in exp(-c * KL) (mauve-text's default 5)."""
     mauve_human_ratio: float = 5.0
     """Global MAUVE: at most this many human answers per model answer, drawn in the model side's bucket mix."""
     bootstrap_samples: int = 1000
@@ -676,6 +774,7 @@ class SweepConfig:
     """``polyalign sweep``: Ray Tune trials over dotted config keys; each trial trains and evaluates its model."""
 
     output_dir: str = "runs/sweep"
+    """Where the sweep's trials, results table and points go."""
     space: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Dotted key -> values: a list (a grid axis), or one of ``{choice: [...]}``, ``{uniform: [lo, hi]}``,
     ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}`` (hi exclusive). E.g. ``hdpo.reg_lambda: [0.0, 0.1, 0.3]``,
@@ -692,6 +791,7 @@ class SweepConfig:
     max_concurrent_trials: int = 0
     """0: as many as the cluster's CPUs (GPUs) fit, from each trial's training and generation resources."""
     seed: int = 0
+    """Seed of the search algorithm's suggestions."""
     seeds: tuple[int, ...] = ()
     """E.g. [0, 1, 2]: every point of the space runs once per seed, seeded as ``polyalign pipeline --seeds`` (its
     shared stages in the same ``OUT/seeds/seed_N`` folders, so a sweep after a multi-seed pipeline reuses its SFT and
@@ -744,6 +844,10 @@ class RayConfig:
     """CPUs of a local instance (0: all of this machine's)."""
     object_store_memory_mb: int = 0
     """Object store of a local instance in MiB (0: Ray's default)."""
+    console: Literal["quiet", "full"] = "quiet"
+    """quiet: the console shows our stage lines, warnings and results; Ray's, Ray Data's and the workers' own
+    messages go to ``logs/ray.log`` in the command's output folder (and Ray's session logs). full (``-v``):
+    everything on the console, as Ray prints it."""
 
     def problems(self, path: str) -> list[str]:
         out = []
@@ -751,6 +855,42 @@ class RayConfig:
             out.append(f"{path}.num_cpus must be >= 0, got {self.num_cpus}")
         if self.object_store_memory_mb < 0:
             out.append(f"{path}.object_store_memory_mb must be >= 0, got {self.object_store_memory_mb}")
+        if self.console not in ("quiet", "full"):
+            out.append(f"{path}.console must be quiet or full, got {self.console!r}")
+        return out
+
+
+TRACKING_BACKENDS = {"mlflow": "mlflow", "tensorboard": "tensorboardX", "wandb": "wandb"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking: each training and evaluation stage is a run with its settings, step metrics, final
+    metrics and files (docs/tracking.md). Logged by the driver from the files the stage writes."""
+
+    backends: tuple[str, ...] = ("mlflow",)
+    """Where runs go: mlflow (a local store under the run root, or ``mlflow_uri``), tensorboard (event files under
+    ROOT/tensorboard), wandb (needs the wandb package); [] for none."""
+    mlflow_uri: str = ""
+    """An MLflow tracking server or store URI (``http://head:5000``); empty: ``sqlite:///ROOT/mlflow/mlflow.db``."""
+    experiment: str = ""
+    """The MLflow experiment (W&B project); empty: the name of the run root, the folder above ``data.output_dir``."""
+
+    def problems(self, path: str) -> list[str]:
+        import importlib.util
+
+        out = []
+        for backend in self.backends:
+            module = TRACKING_BACKENDS.get(backend)
+            if module is None:
+                out.append(
+                    f"{path}.backends: unknown backend {backend!r}; choose from {sorted(TRACKING_BACKENDS)}"
+                )
+            elif importlib.util.find_spec(module) is None:
+                out.append(
+                    f"{path}.backends names {backend} but the {module} package is not installed: "
+                    f"pip install {module} (or drop {backend} from {path}.backends)"
+                )
         return out
 
 
@@ -770,6 +910,7 @@ class PolyAlignConfig:
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     def problems(self, path: str) -> list[str]:
         return []

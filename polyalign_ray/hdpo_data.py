@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from polyalign_ray.losses import IGNORE_INDEX, pair_weights, sequence_log_probs
+from polyalign_ray.logprobs import response_log_probs
+from polyalign_ray.losses import IGNORE_INDEX, pair_weights
 from polyalign_ray.sampler import bucket_row_indices
 from polyalign_ray.sft_data import collate, example_ids_and_labels
 
@@ -174,10 +175,12 @@ def reference_sequence_logps(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = collate([sequences[i] for i in chunk], pad_token_id)
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        logps, _ = sequence_log_probs(logits, batch["labels"].to(device))
+        logps, _ = response_log_probs(
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["labels"].to(device),
+        )
         out[chunk] = logps.double().cpu().numpy()
     return out
 

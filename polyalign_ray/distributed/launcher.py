@@ -31,9 +31,12 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from polyalign_ray.config import HDPOConfig, SFTConfig
+from polyalign_ray.config import HDPOConfig, PolyAlignConfig, SFTConfig
+from polyalign_ray.distributed.runtime import configure_worker_logging
 from polyalign_ray.loops.checkpoints import STATE_FILE
 from polyalign_ray.loops.strategy import OptimizerFactory, SchedulerFactory, Strategy
+from polyalign_ray.tracking import StageRun, run_root
+from polyalign_ray.training_progress import TrainingProgress
 
 WorkerBody = Callable[[Any, dict[str, Any]], None]
 
@@ -58,7 +61,10 @@ def restore_checkpoint() -> Path | None:
         return None
     local = Path(tempfile.mkdtemp(prefix="polyalign-restore-"))
     checkpoint.to_directory(str(local))
-    return local if (local / STATE_FILE).is_file() else None
+    if (local / STATE_FILE).is_file():
+        return local
+    shutil.rmtree(local, ignore_errors=True)
+    return None
 
 
 class RayWorkerContext:
@@ -91,8 +97,15 @@ class RayWorkerContext:
 
 
 def _worker_entry(loop_config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: the stage's body with this worker's context."""
-    loop_config["body"](RayWorkerContext(), loop_config["payload"])
+    """What each Ray Train worker runs: the stage's body with this worker's context (the local copy of a restored
+    checkpoint is removed afterwards)."""
+    configure_worker_logging()
+    context = RayWorkerContext()
+    try:
+        loop_config["body"](context, loop_config["payload"])
+    finally:
+        if context.restore_path is not None:
+            shutil.rmtree(context.restore_path, ignore_errors=True)
 
 
 def deepspeed_trainer(
@@ -135,17 +148,27 @@ def launch_training(
     name: str,
     output_dir: Path,
     datasets: dict[str, ray.data.Dataset],
+    config: PolyAlignConfig,
+    stage: str,
     **extra: Any,
 ) -> dict[str, Any]:
     """Run ``body`` on the workers; return rank 0's ``summary.json`` with ``extra`` and the last Ray checkpoint
-    added (also written back)."""
-    result = deepspeed_trainer(
-        body, payload, train, name=name, output_dir=output_dir, datasets=datasets
-    ).fit()
+    added (also written back). While it trains, the driver prints its progress and hands every metrics line to the
+    experiment trackers (``tracking.backends``): one run per stage, named by its folder."""
+    trainer = deepspeed_trainer(body, payload, train, name=name, output_dir=output_dir, datasets=datasets)
+    tracker = StageRun(config.tracking, run_root(config), output_dir, stage=stage).start(config)
+    try:
+        with TrainingProgress(output_dir / "metrics.jsonl", output_dir.name, on_line=tracker.log_line):
+            result = trainer.fit()
+    except BaseException:
+        tracker.end("FAILED")
+        raise
     summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
     summary.update(extra)
     summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
     (output_dir / "summary.json").write_text(
         json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"
     )
+    tracker.log_files(output_dir / "summary.json")
+    tracker.end()
     return summary

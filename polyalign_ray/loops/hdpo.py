@@ -18,13 +18,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from polyalign_ray.config import HDPOConfig
 from polyalign_ray.hdpo_data import TokenizedPair, collate_pairs, pairs_by_bucket
+from polyalign_ray.logprobs import response_log_probs
 from polyalign_ray.loops.checkpoints import (
     Checkpointer,
     maybe_fail,
@@ -33,8 +34,9 @@ from polyalign_ray.loops.checkpoints import (
     write_metrics_line,
     write_summary,
 )
+from polyalign_ray.loops.probe import NO_PROBE, StepProbe
 from polyalign_ray.loops.strategy import Strategy
-from polyalign_ray.losses import hdpo_loss, per_token_mean, sequence_log_probs
+from polyalign_ray.losses import HDPOOutput, hdpo_loss, per_token_mean
 from polyalign_ray.sampler import BucketBalancedSampler
 
 SOURCE_STATE_FILE = "pair_source.pt"
@@ -147,15 +149,25 @@ class OfflinePairSource:
         return None
 
 
+class PairLogProbs(NamedTuple):
+    """Summed response log-probs and response token counts of a micro-batch's chosen and rejected answers."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
 def pair_log_probs(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, labelled_only: bool = True
+) -> PairLogProbs:
     """(chosen log-probs, rejected log-probs, chosen token counts, rejected token counts) of a collated pair batch:
     one forward over the 2B rows, so chosen and rejected share the step's weights and kernels."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, n_tokens = sequence_log_probs(logits, batch["labels"])
+    logps, n_tokens = response_log_probs(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"], labelled_only=labelled_only
+    )
     half = logps.shape[0] // 2
-    return logps[:half], logps[half:], n_tokens[:half], n_tokens[half:]
+    return PairLogProbs(logps[:half], logps[half:], n_tokens[:half], n_tokens[half:])
 
 
 def micro_batch_step(
@@ -166,11 +178,15 @@ def micro_batch_step(
     weight_mean: float,
     global_pairs: int,
     reference_model: torch.nn.Module | None = None,
+    probe: StepProbe = NO_PROBE,
+    labelled_only: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the step's HDPO loss (to backpropagate) and its sums for the metrics."""
     if reference_model is not None:
-        with torch.no_grad():
-            ref_chosen, ref_rejected, _, _ = pair_log_probs(reference_model, batch)
+        with torch.no_grad(), probe.phase("reference"):
+            ref_chosen, ref_rejected, _, _ = pair_log_probs(
+                reference_model, batch, labelled_only=labelled_only
+            )
         reference_chosen, reference_rejected = ref_chosen.double(), ref_rejected.double()
     else:
         reference_chosen, reference_rejected = (
@@ -182,7 +198,33 @@ def micro_batch_step(
                 "pairs carry no reference log-probs and the loop has no reference model: precompute them "
                 "(hdpo.reference=precompute) or pass the frozen reference"
             )
-    policy_chosen, policy_rejected, chosen_tokens, rejected_tokens = pair_log_probs(model, batch)
+    with probe.phase("forward"):
+        policy = pair_log_probs(model, batch, labelled_only=labelled_only)
+    with probe.phase("loss"):
+        out, sums = pair_loss_and_sums(
+            batch,
+            policy,
+            reference_chosen,
+            reference_rejected,
+            hdpo=hdpo,
+            weight_mean=weight_mean,
+            global_pairs=global_pairs,
+        )
+    return out.loss * (policy.chosen.shape[0] / global_pairs), sums
+
+
+def pair_loss_and_sums(
+    batch: dict[str, torch.Tensor],
+    policy: PairLogProbs,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    *,
+    hdpo: HDPOConfig,
+    weight_mean: float,
+    global_pairs: int,
+) -> tuple[HDPOOutput, dict[str, float]]:
+    """hdpo_loss of a micro-batch from its log-probs, and the per-pair sums the step's metrics are made of."""
+    policy_chosen, policy_rejected, chosen_tokens, rejected_tokens = policy
     device = policy_chosen.device
     pairs = policy_chosen.shape[0]
     chosen_nll = -policy_chosen / chosen_tokens.clamp(min=1)
@@ -230,7 +272,7 @@ def micro_batch_step(
         "logps/chosen": float(policy_chosen.detach().sum()),
         "logps/rejected": float(policy_rejected.detach().sum()),
     }
-    return out.loss * share, sums
+    return out, sums
 
 
 def window_line(step: int, window: list[np.ndarray], seconds: float) -> dict[str, Any]:
@@ -263,8 +305,12 @@ def run_hdpo(
     reference_model: torch.nn.Module | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    probe: StepProbe = NO_PROBE,
+    labelled_only: bool = True,
 ) -> dict[str, Any]:
-    """Train; returns the summary (also written to ``output_dir/summary.json`` by rank 0)."""
+    """Train; returns the summary (also written to ``output_dir/summary.json`` by rank 0). ``probe`` observes
+    the sections of each step (benchmarks time them through it); ``labelled_only``: logits only where a label
+    follows (``model.logits``)."""
     rank, world = strategy.rank, strategy.world_size
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / "metrics.jsonl"
@@ -287,14 +333,21 @@ def run_hdpo(
     strategy.model.train()
 
     while step < total_steps:
+        # --- batch: this rank's pairs ---
         step_start = time.perf_counter()
-        pairs = source.next_pairs(step + 1)
+        with probe.phase("batch"):
+            pairs = source.next_pairs(step + 1)
         if len(pairs) != pairs_per_rank:
             raise RuntimeError(f"pair source gave {len(pairs)} pairs, expected {pairs_per_rank} per rank")
+        # --- forward, loss, backward of each micro-batch ---
         sums = np.zeros(len(STEP_SUMS), dtype=np.float64)
         for k in range(hdpo.grad_accum_steps):
             chunk = pairs[k * hdpo.micro_batch_size : (k + 1) * hdpo.micro_batch_size]
-            batch = {key: value.to(strategy.device) for key, value in collate_pairs(chunk, pad_id).items()}
+            with probe.phase("batch"):
+                batch = {
+                    key: value.to(strategy.device) for key, value in collate_pairs(chunk, pad_id).items()
+                }
+            probe.batch(batch)
             loss, micro_sums = micro_batch_step(
                 strategy.model,
                 batch,
@@ -302,13 +355,19 @@ def run_hdpo(
                 weight_mean=source.weight_mean,
                 global_pairs=global_pairs,
                 reference_model=reference_model,
+                probe=probe,
+                labelled_only=labelled_only,
             )
-            strategy.backward(loss)
+            with probe.phase("backward"):
+                strategy.backward(loss)
             sums += np.asarray([micro_sums[name] for name in STEP_SUMS])
-        grad_norm = strategy.optimizer_step()
+        # --- step ---
+        with probe.phase("optimizer_step"):
+            grad_norm = strategy.optimizer_step()
         step += 1
         maybe_fail(hdpo.fail_at_step, step, rank, world, output_dir)
-        reduced = strategy.all_reduce_sum(torch.from_numpy(sums)).numpy()
+        with probe.phase("metrics"):
+            reduced = strategy.all_reduce_sum(torch.from_numpy(sums)).numpy()
         checkpoint_now = (hdpo.checkpoint_every and step % hdpo.checkpoint_every == 0) or step == total_steps
         source.after_update(step, force_sync=bool(checkpoint_now))
         pairs_seen += reduced[STEP_SUMS.index("pairs")]
@@ -317,31 +376,36 @@ def run_hdpo(
         if on_step is not None:
             on_step(step)
 
+        # --- log ---
         if step % hdpo.log_every == 0 or step == total_steps:
-            line = window_line(step, window, window_seconds)
-            line.update({"lr": strategy.current_lr(), "grad_norm": grad_norm, **source.step_metrics()})
-            history.append(line)
-            if rank == 0:
-                write_metrics_line(metrics_path, line)
-            if on_log is not None:
-                on_log(line)
+            with probe.phase("log"):
+                line = window_line(step, window, window_seconds)
+                line["total_steps"] = total_steps
+                line.update({"lr": strategy.current_lr(), "grad_norm": grad_norm, **source.step_metrics()})
+                history.append(line)
+                if rank == 0:
+                    write_metrics_line(metrics_path, line)
+                if on_log is not None:
+                    on_log(line)
             window, window_seconds = [], 0.0
 
         # --- checkpoint: strategy state, model, the pair source's position (drained on rank 0) ---
         if checkpoint_now:
-            source_state = source.state()
-            save_checkpoint(
-                checkpointer,
-                strategy,
-                tokenizer,
-                step=step,
-                loss=float(reduced[0]),
-                state={"step": step, "total_steps": total_steps},
-                rank=rank,
-                write_extra=lambda directory, saved=source_state: torch.save(
-                    saved, directory / SOURCE_STATE_FILE
-                ),
-            )
+            with probe.phase("checkpoint"):
+                source_state = source.state()
+                save_checkpoint(
+                    checkpointer,
+                    strategy,
+                    tokenizer,
+                    step=step,
+                    loss=float(reduced[0]),
+                    state={"step": step, "total_steps": total_steps},
+                    rank=rank,
+                    write_extra=lambda directory, saved=source_state: torch.save(
+                        saved, directory / SOURCE_STATE_FILE
+                    ),
+                )
+        probe.step_end(step)
 
     strategy.export(output_dir / "final", tokenizer, final=True)
     wall = time.perf_counter() - start

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from polyalign_ray.config import SamplerConfig, SFTConfig
+from polyalign_ray.logprobs import response_log_probs
 from polyalign_ray.loops.checkpoints import (
     Checkpointer,
     maybe_fail,
@@ -31,8 +32,9 @@ from polyalign_ray.loops.checkpoints import (
     write_metrics_line,
     write_summary,
 )
+from polyalign_ray.loops.probe import NO_PROBE, StepProbe
 from polyalign_ray.loops.strategy import Strategy
-from polyalign_ray.losses import response_nll, weighted_sft_loss
+from polyalign_ray.losses import weighted_sft_loss
 from polyalign_ray.sampler import BucketBalancedSampler, bucket_loss_weights
 from polyalign_ray.sft_data import SFTExamples, collate
 
@@ -65,6 +67,9 @@ def forward_backward(
     bucket_index: dict[str, int],
     sft: SFTConfig,
     denominator: float,
+    probe: StepProbe = NO_PROBE,
+    *,
+    labelled_only: bool = True,
 ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Each micro-batch's forward, weighted loss (its share of the step's loss: the denominator is the step's)
     and backward; returns this rank's loss sum and the examples and NLL sums per bucket."""
@@ -73,13 +78,23 @@ def forward_backward(
     bucket_nll = torch.zeros(len(bucket_index), dtype=torch.float64)
     for micro, batch in zip(micro_draws, batches, strict=True):
         batch = {k: v.to(strategy.device) for k, v in batch.items()}
-        logits = strategy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll_sum, n_tokens = response_nll(logits, batch["labels"])
-        weights = torch.tensor([weight_of[b] for b, _ in micro], device=nll_sum.device)
-        loss = weighted_sft_loss(
-            nll_sum, n_tokens, weights, normalization=sft.loss_normalization, denominator=denominator
-        )
-        strategy.backward(loss)
+        probe.batch(batch)
+        with probe.phase("forward"):
+            log_probs, n_tokens = response_log_probs(
+                strategy.model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["labels"],
+                labelled_only=labelled_only,
+            )
+        with probe.phase("loss"):
+            nll_sum = -log_probs
+            weights = torch.tensor([weight_of[b] for b, _ in micro], device=nll_sum.device)
+            loss = weighted_sft_loss(
+                nll_sum, n_tokens, weights, normalization=sft.loss_normalization, denominator=denominator
+            )
+        with probe.phase("backward"):
+            strategy.backward(loss)
         step_loss += float(loss.detach())
         per_example = (nll_sum.detach() / n_tokens.clamp(min=1)).double().cpu()
         for (bucket, _), value in zip(micro, per_example, strict=True):
@@ -127,8 +142,12 @@ def run_sft(
     checkpointer: Checkpointer,
     resume_from: Path | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    probe: StepProbe = NO_PROBE,
+    labelled_only: bool = True,
 ) -> dict[str, Any]:
-    """Train; returns the summary (also written to ``output_dir/summary.json`` by rank 0)."""
+    """Train; returns the summary (also written to ``output_dir/summary.json`` by rank 0). ``probe`` observes
+    the sections of each step (benchmarks time them through it); ``labelled_only``: logits only where a label
+    follows (``model.logits``)."""
     rank, world = strategy.rank, strategy.world_size
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / "metrics.jsonl"
@@ -169,12 +188,13 @@ def run_sft(
     while sampler.step < total_steps:
         # --- batch: this rank's slice of the global draw, and the step's loss denominator ---
         step_start = time.perf_counter()
-        draws = sampler.next_batch()
-        micro_draws = [
-            draws[i * sft.micro_batch_size : (i + 1) * sft.micro_batch_size]
-            for i in range(sft.grad_accum_steps)
-        ]
-        batches = [collate(examples.take(m), pad_id) for m in micro_draws]
+        with probe.phase("batch"):
+            draws = sampler.next_batch()
+            micro_draws = [
+                draws[i * sft.micro_batch_size : (i + 1) * sft.micro_batch_size]
+                for i in range(sft.grad_accum_steps)
+            ]
+            batches = [collate(examples.take(m), pad_id) for m in micro_draws]
         local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         if sft.loss_normalization == "token":
             denominator = float(
@@ -185,22 +205,32 @@ def run_sft(
 
         # --- forward, loss, backward of each micro-batch ---
         step_loss, bucket_counts, bucket_nll = forward_backward(
-            strategy, micro_draws, batches, weight_of, bucket_index, sft, denominator
+            strategy,
+            micro_draws,
+            batches,
+            weight_of,
+            bucket_index,
+            sft,
+            denominator,
+            probe,
+            labelled_only=labelled_only,
         )
         # --- step ---
-        grad_norm = strategy.optimizer_step()
+        with probe.phase("optimizer_step"):
+            grad_norm = strategy.optimizer_step()
         step = sampler.step
         maybe_fail(sft.fail_at_step, step, rank, world, output_dir)
 
-        reduced = strategy.all_reduce_sum(
-            torch.cat(
-                [
-                    torch.tensor([step_loss, float(local_tokens)], dtype=torch.float64),
-                    bucket_counts,
-                    bucket_nll,
-                ]
+        with probe.phase("metrics"):
+            reduced = strategy.all_reduce_sum(
+                torch.cat(
+                    [
+                        torch.tensor([step_loss, float(local_tokens)], dtype=torch.float64),
+                        bucket_counts,
+                        bucket_nll,
+                    ]
+                )
             )
-        )
         global_loss, global_tokens = float(reduced[0]), float(reduced[1])
         counts, nll = reduced[2 : 2 + len(bucket_counts)], reduced[2 + len(bucket_counts) :]
         cumulative += counts
@@ -215,13 +245,15 @@ def run_sft(
 
         # --- log ---
         if step % sft.log_every == 0 or step == total_steps:
-            line = log_line(
-                step, window, global_loss, strategy.current_lr(), grad_norm, cumulative, bucket_index
-            )
-            if rank == 0:
-                write_metrics_line(metrics_path, line)
-            if on_log is not None:
-                on_log(line)
+            with probe.phase("log"):
+                line = log_line(
+                    step, window, global_loss, strategy.current_lr(), grad_norm, cumulative, bucket_index
+                )
+                line["total_steps"] = total_steps
+                if rank == 0:
+                    write_metrics_line(metrics_path, line)
+                if on_log is not None:
+                    on_log(line)
             window = WindowStats()
 
         # --- checkpoint: strategy state, model, sampler position ---
@@ -233,9 +265,11 @@ def run_sft(
                 "bucket_counts_vector": cumulative.tolist(),
                 "buckets": sampler.buckets,
             }
-            save_checkpoint(
-                checkpointer, strategy, tokenizer, step=step, loss=global_loss, state=position, rank=rank
-            )
+            with probe.phase("checkpoint"):
+                save_checkpoint(
+                    checkpointer, strategy, tokenizer, step=step, loss=global_loss, state=position, rank=rank
+                )
+        probe.step_end(step)
 
     strategy.export(output_dir / "final", tokenizer, final=True)
     wall = time.perf_counter() - start

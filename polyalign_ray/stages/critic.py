@@ -19,6 +19,7 @@ from polyalign_ray.config import PolyAlignConfig
 from polyalign_ray.corpus.prepare import write_jsonl
 from polyalign_ray.corpus.tables import load_split
 from polyalign_ray.schema import stable_fraction
+from polyalign_ray.tracking import record_stage
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,14 @@ def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
     model, meta, summary = train_critic(examples, cfg, encoder=encoder, encoder_model=encoder_model)
     summary["policy"] = policy
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    record_stage(
+        config,
+        out,
+        "critic",
+        summary,
+        [out / "summary.json"],
+        status="FINISHED" if summary["gates_passed"] else "FAILED",
+    )
     if not summary["gates_passed"]:
         raise CriticQualityError(
             "critic failed its quality gates (nothing saved but summary.json): "

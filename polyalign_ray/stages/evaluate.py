@@ -19,6 +19,7 @@ from polyalign_ray.config import PolyAlignConfig
 from polyalign_ray.corpus.prepare import write_jsonl
 from polyalign_ray.corpus.tables import RECORD_SCHEMA, load_split
 from polyalign_ray.features import features_as_matrix
+from polyalign_ray.tracking import record_stage
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,13 @@ def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, 
     report.update({"name": name, "model": model, "split": cfg.split, "lengths": lengths})
     write_predictions(out / "predictions.jsonl", records, predictions)
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    record_stage(
+        config,
+        out,
+        "eval",
+        {key: report[key] for key in ("overall", "by_language", "by_track") if key in report},
+        [out / "report.json"],
+    )
     overall = report["overall"]
     log.info(
         "eval %s: F1 %.3f, BNG %s, HCR %s, C-MAUVE %s -> %s",
@@ -257,4 +265,5 @@ def run_compare(
     (out / "comparison.json").write_text(
         json.dumps(comparison, indent=1, ensure_ascii=False), encoding="utf-8"
     )
+    record_stage(config, out, "compare", {}, [out / "report.md", out / "comparison.json", out / "plots"])
     return out / "report.md"

@@ -182,6 +182,7 @@ def hdpo_worker(context: WorkerContext, payload: dict[str, Any]) -> None:
         checkpointer=context.checkpointer,
         resume_from=resume_from,
         reference_model=reference,
+        labelled_only=config.model.logits == "labelled",
     )
 
 
@@ -248,6 +249,8 @@ def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: boo
         output_dir=output_dir,
         datasets=datasets,
         pair_counts=counts,
+        config=config,
+        stage="hdpo",
     )
     finish_training_run(output_dir, run)
     last = summary.get("last") or {}

@@ -53,6 +53,7 @@ def sft_worker(context: WorkerContext, payload: dict[str, Any]) -> None:
         output_dir=Path(sft.output_dir),
         checkpointer=context.checkpointer,
         resume_from=resume_from,
+        labelled_only=config.model.logits == "labelled",
     )
 
 
@@ -104,6 +105,8 @@ def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool
         name=run.name,
         output_dir=output_dir,
         datasets={"train": dataset},
+        config=config,
+        stage="sft",
     )
     finish_training_run(output_dir, run)
     log.info(

@@ -9,8 +9,11 @@ import torch
 
 from polyalign_ray.losses import (
     IGNORE_INDEX,
+    gathered_log_probs,
+    labelled_positions,
     response_nll,
     sequence_log_probs,
+    sum_by_row,
     token_log_probs,
     weighted_sft_loss,
 )
@@ -82,3 +85,40 @@ def test_bad_arguments() -> None:
         weighted_sft_loss(torch.ones(1), torch.ones(1), torch.ones(1), normalization="example", denominator=0)
     with pytest.raises(ValueError, match="normalization"):
         weighted_sft_loss(torch.ones(1), torch.ones(1), torch.ones(1), normalization="batch", denominator=1)
+
+
+def test_labelled_positions_golden() -> None:
+    """Row 0 labels [-100, -100, 7, 8]: positions 1 and 2 predict 7 and 8. Row 1 [-100, 5, -100, -100]: position 0
+    predicts 5; the last position of a row never predicts anything."""
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 7, 8], [IGNORE_INDEX, 5, IGNORE_INDEX, IGNORE_INDEX]])
+    rows, positions, targets = labelled_positions(labels)
+    assert rows.tolist() == [0, 0, 1]
+    assert positions.tolist() == [1, 2, 0]
+    assert targets.tolist() == [7, 8, 5]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 1024])
+def test_gathered_log_probs_equal_the_full_log_softmax(chunk_rows: int) -> None:
+    """At the labelled positions, the chunked gather equals token_log_probs (an independent path over all
+    positions); per-row sums equal sequence_log_probs, and a row without labels sums to 0."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 11, generator=generator) * 4
+    labels = torch.randint(0, 11, (3, 6), generator=generator)
+    labels[0, :3] = IGNORE_INDEX
+    labels[1, 4:] = IGNORE_INDEX
+    labels[2, :] = IGNORE_INDEX
+    rows, positions, targets = labelled_positions(labels)
+    gathered = gathered_log_probs(logits[rows, positions], targets, chunk_rows=chunk_rows)
+    full, mask = token_log_probs(logits, labels)
+    assert torch.allclose(gathered, full[mask], atol=1e-6)
+    total, n_tokens = sequence_log_probs(logits, labels)
+    assert torch.allclose(sum_by_row(gathered, rows, 3), total, atol=1e-5)
+    assert (
+        sum_by_row(torch.ones_like(gathered), rows, 3).tolist()
+        == n_tokens.float().tolist()
+        == [3.0, 3.0, 0.0]
+    )
+
+
+def test_gathered_log_probs_of_nothing() -> None:
+    assert gathered_log_probs(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).shape == (0,)

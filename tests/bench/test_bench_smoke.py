@@ -1,0 +1,83 @@
+"""Every benchmark runs on main: each script at tiny sizes, in seconds, as a user would start it. Nothing about
+speed is asserted (performance lives in bench/results/); a script that no longer runs, or whose output lost its
+tables, fails here instead of rotting until someone re-measures (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_TRL_SCRIPT = REPO.parent / "shared" / "bench" / "trl_baseline.py"
+TINY_TRAINING = [
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--pairs",
+    "24",
+    "--corpus-sentences",
+    "400",
+    "--max-length",
+    "64",
+]
+
+
+def run_bench(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONHASHSEED": "0"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result
+
+
+needs_trl_script = pytest.mark.skipif(
+    not SHARED_TRL_SCRIPT.is_file(), reason=f"the shared TRL baseline script is not at {SHARED_TRL_SCRIPT}"
+)
+
+
+@needs_trl_script
+def test_sft_throughput_runs(tmp_path: Path) -> None:
+    report = tmp_path / "sft.md"
+    out = run_bench(
+        "sft_throughput.py", "--skip-trl", "--ours", "gc_off,gc_off+all_logits", "--report", str(report),
+        "--retries", "0", *TINY_TRAINING,
+    )  # fmt: skip
+    runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"side"')]
+    assert {r["logits"] for r in runs} == {"labelled", "all"}
+    assert all(r["tokens_per_s"] > 0 and r["mfu_6n"] > 0 for r in runs)
+    labelled = next(r for r in runs if r["logits"] == "labelled")
+    assert labelled["logit_rows_per_step_mean"] < labelled["padded_tokens_per_step_mean"]
+    text = report.read_text()
+    assert "| ours run_sft, GC off |" in text and "Model FLOP utilization" in text and "| backward |" in text
+
+
+@needs_trl_script
+def test_hdpo_throughput_runs(tmp_path: Path) -> None:
+    report = tmp_path / "hdpo.md"
+    run_bench(
+        "hdpo_throughput.py", "--skip-trl", "--ours", "precompute,frozen_copy", "--report", str(report),
+        "--retries", "0", *TINY_TRAINING,
+    )  # fmt: skip
+    text = report.read_text()
+    assert "ours run_hdpo precompute" in text and "ours run_hdpo frozen_copy" in text
+    assert "| reference |" in text or " reference |" in text
+
+
+def test_interval_coverage_runs(tmp_path: Path) -> None:
+    run_bench(
+        "interval_coverage.py", "--repeats", "4", "--samples", "40", "--out", str(tmp_path / "coverage")
+    )
+    rows = json.loads((tmp_path / "coverage.json").read_text())["rows"]
+    assert len(rows) == 15 and all(0 <= r["coverage"] <= 1 for r in rows)

@@ -1,0 +1,67 @@
+"""The quiet console's pieces: worker output to the log file with our warnings and tracebacks echoed, Ray's known
+noise kept off the console, Ray Data's logging config with our file (no Ray instance needed)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+from polyalign_ray.distributed.runtime import ConsoleNoiseFilter, WorkerOutputToFile, ray_data_logging_config
+
+
+def batch(lines: list[str], pid: int = 7, actor: str = "RayTrainWorker") -> dict:
+    return {"lines": lines, "pid": pid, "actor_name": actor, "is_err": True}
+
+
+def test_worker_lines_go_to_the_file_and_only_what_matters_to_the_console() -> None:
+    file, console = io.StringIO(), io.StringIO()
+    handler = WorkerOutputToFile(file, console)
+    handler(batch(["06:00:01 INFO polyalign_ray.loops.sft: step 3", "some Ray Data progress"]))
+    handler(batch(["06:00:02 WARNING polyalign_ray.stages.critic: gate failed for kind cut"]))
+    ours = [
+        "Traceback (most recent call last):",
+        '  File "/x/polyalign_ray/loops/sft.py", line 1, in run_sft',
+        "ValueError: bad batch",
+    ]
+    rays = [
+        "Traceback (most recent call last):",
+        '  File "/x/ray/train/v2/placement_group_cleaner.py", line 80, in _monitor_loop',
+        "ConnectionError: Found multiple active Ray instances",
+    ]
+    handler(batch(ours[:2], pid=8))
+    handler(batch(rays, pid=9))  # interleaved with the first traceback, from another worker
+    handler(batch(ours[2:], pid=8))
+    handler({"lines": ["======== Autoscaler status ========"], "pid": "autoscaler", "is_err": False})
+    assert len(file.getvalue().splitlines()) == 9  # everything, in arrival order, prefixed like Ray does
+    assert (
+        file.getvalue().splitlines()[0]
+        == "(RayTrainWorker pid=7) 06:00:01 INFO polyalign_ray.loops.sft: step 3"
+    )
+    shown = console.getvalue().splitlines()
+    assert shown == [
+        "(RayTrainWorker pid=7) 06:00:02 WARNING polyalign_ray.stages.critic: gate failed for kind cut",
+        *[f"(RayTrainWorker pid=8) {line}" for line in ours],
+    ]
+
+
+def test_console_noise_filter() -> None:
+    keep = ConsoleNoiseFilter()
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("ray.train", level, __file__, 1, message, None, None)
+
+    assert keep.filter(record(logging.WARNING, "disk almost full"))
+    assert not keep.filter(record(logging.INFO, "Started a local Ray instance."))
+    assert not keep.filter(
+        record(logging.WARNING, "Failed to query Ray Train Controller actor state. State API")
+    )
+    assert not keep.filter(record(logging.WARNING, "Progress bars disabled. To enable, set ..."))
+
+
+def test_ray_data_config_adds_our_file_and_quiets_its_console(tmp_path: Path) -> None:
+    config = ray_data_logging_config(tmp_path / "ray.log")
+    assert config["handlers"]["console"]["level"] == "WARNING"
+    assert "polyalign_console_noise" in config["handlers"]["console"]["filters"]
+    assert config["handlers"]["polyalign_file"]["filename"] == str(tmp_path / "ray.log")
+    assert all("polyalign_file" in logger["handlers"] for logger in config["loggers"].values())
