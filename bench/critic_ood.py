@@ -153,7 +153,9 @@ def main() -> None:
         corrupted = corrupt_records(
             rows, kinds=cfg.corruptions, per_record=cfg.corruptions_per_prompt, seed=cfg.seed
         )
-        examples = build_critic_examples(rows, samples, references, corrupted)
+        examples = build_critic_examples(
+            rows, samples, references, corrupted, corruption_gap=cfg.corruption_target_gap
+        )
         began = time.perf_counter()
         model, meta, summary = train_critic(examples, cfg)
         seconds = time.perf_counter() - began

@@ -311,7 +311,7 @@ sizes = examples.sizes()
 balanced = sampler_cfg.mode == "sampler"
 sampler = BucketBalancedSampler(
     sizes,
-    batch_size=sft.micro_batch_size * sft.grad_accum_steps,
+    batch_size=sft.rank_batch_size,
     alpha=sampler_cfg.alpha if balanced else 1.0,
     multipliers=sampler_cfg.multipliers if balanced else None,
     seed=sampler_cfg.seed,

@@ -16,7 +16,7 @@ checkpoint, ZeRO-2 (the default). Variants:
   before training, by the critic pool and Ray Data; that preparation is outside the step times)
 - ``online``: ``hdpo.mode=online`` with the defaults (``rollouts_per_prompt=4``, ``rollout_depth=2``, 2 critic
   actors, weights pushed every step)
-- ``online_depth3`` (``hdpo.rollout_depth=3``), ``online_k2`` (``hdpo.rollouts_per_prompt=2``), ``online_critic1``
+- ``online_depth3`` (``hdpo.online.rollout_depth=3``), ``online_k2`` (``hdpo.online.rollouts_per_prompt=2``), ``online_critic1``
   (``critic.num_actors=1``): settings that might lower the online step time
 
 Step time is ``step_seconds`` of each line of the run's ``metrics.jsonl`` (rank 0's loop timer; online it includes
@@ -77,8 +77,8 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {
     "offline": ["hdpo.mode=offline"],
     "online": ["hdpo.mode=online"],
-    "online_depth3": ["hdpo.mode=online", "hdpo.rollout_depth=3"],
-    "online_k2": ["hdpo.mode=online", "hdpo.rollouts_per_prompt=2"],
+    "online_depth3": ["hdpo.mode=online", "hdpo.online.rollout_depth=3"],
+    "online_k2": ["hdpo.mode=online", "hdpo.online.rollouts_per_prompt=2"],
     "online_critic1": ["hdpo.mode=online", "critic.num_actors=1"],
 }
 DEFAULT_VARIANTS = "offline,online,online_depth3,online_k2,online_critic1"
@@ -318,7 +318,7 @@ def measure(args, work: Path, name: str, overrides: list[str], repeat: int) -> d
     step_s = [x["step_seconds"] for x in lines]
     timed = step_s[args.exclude :]
     hdpo = config.hdpo
-    global_pairs = hdpo.micro_batch_size * hdpo.grad_accum_steps * hdpo.num_workers
+    global_pairs = hdpo.global_batch_size(hdpo.num_workers)
     median = statistics.median(timed)
     row: dict[str, Any] = {
         "variant": name,
@@ -330,8 +330,8 @@ def measure(args, work: Path, name: str, overrides: list[str], repeat: int) -> d
         "pairs_per_step": global_pairs,
         "steps": args.steps,
         "excluded_steps": args.exclude,
-        "rollouts_per_prompt": hdpo.rollouts_per_prompt,
-        "rollout_depth": hdpo.rollout_depth,
+        "rollouts_per_prompt": hdpo.online.rollouts_per_prompt,
+        "rollout_depth": hdpo.online.rollout_depth,
         "critic_actors": config.critic.num_actors,
         "step_s_median": round(median, 4),
         "step_s_mean": round(statistics.mean(timed), 4),
@@ -523,7 +523,7 @@ def render(
         lines += [
             "",
             "Online pipeline (from `summary.json`'s `source`, whole run incl. the excluded steps; per batch = per "
-            "rollout batch of `hdpo.rollout_prompts` prompts: the global batch, 8, unless the variant sets it):",
+            "rollout batch of `hdpo.online.rollout_prompts` prompts: the global batch, 8, unless the variant sets it):",
             "",
             "| variant | repeat | rollout batches | candidates/batch | pairs/batch | generator s/batch | critic s/batch "
             "| generator busy s | gen. overlap | critic busy s | critic busy while training s | critic overlap "

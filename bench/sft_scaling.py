@@ -290,7 +290,7 @@ def measure(args, data_dir: Path, out: Path, workers: int, zero: int, threads: i
     timed_s = [line["step_seconds"] for line in timed]
     tokens = sum(line["tokens"] for line in timed)
     median = statistics.median(timed_s)
-    global_batch = config.sft.micro_batch_size * config.sft.grad_accum_steps * workers
+    global_batch = config.sft.global_batch_size(workers)
     return {
         "config": config_name(workers, zero, threads),
         "workers": workers,

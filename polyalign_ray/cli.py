@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_address(status)
 
     show = sub.add_parser("config", help="print the effective configuration as YAML")
+    shown = show.add_mutually_exclusive_group()
+    shown.add_argument("--explain", action="store_true", help="each key's help as a comment above it")
+    shown.add_argument(
+        "--markdown", action="store_true", help="the reference table of every key (docs/configuration.md)"
+    )
     _add_common(show)
     return parser
 
@@ -276,8 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             import yaml
 
             from polyalign_ray.config import config_to_dict
+            from polyalign_ray.config_reference import config_reference_markdown, explained_yaml
 
-            print(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), end="")
+            if args.explain:
+                print(explained_yaml(config), end="")
+            elif args.markdown:
+                print(config_reference_markdown(config), end="")
+            else:
+                print(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), end="")
             return 0
     except KeyboardInterrupt:
         print(interrupted_message(args.command), file=sys.stderr)

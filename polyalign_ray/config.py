@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from polyalign_ray.sweep_domains import space_problems
+
 
 class ConfigError(ValueError):
     """One or more configuration problems; ``problems`` holds one line per bad key."""
@@ -26,6 +28,11 @@ class ConfigError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:
+        # Ray re-raises a worker's or trial's exception in the driver by pickling it; the default rebuilds it from
+        # the message, which would turn every character of the message into a "problem".
+        return (type(self), (self.problems,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,11 +286,9 @@ def training_problems(
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
-    """``polyalign sft``: Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers."""
+class WorkerResources:
+    """Shared by ``sft`` and ``hdpo``: the Ray Train worker group and what each DeepSpeed engine holds."""
 
-    output_dir: str = "runs/demo/sft"
-    """Where SFT writes metrics.jsonl, summary.json, final/ and Ray Train's checkpoints (SFT_DIR)."""
     num_workers: int = 2
     """Ray Train workers, each a DeepSpeed ZeRO engine holding its slice of every global batch."""
     use_gpu: bool = False
@@ -298,14 +303,36 @@ class SFTConfig:
     """ZeRO offload of the optimizer state to CPU memory (GPU runs short of memory)."""
     deepspeed_config: str = ""
     """Path to a DeepSpeed JSON whose keys override the generated config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchGeometry:
+    """Shared by ``sft`` and ``hdpo``: what one optimizer step consumes, and how many steps."""
+
     micro_batch_size: int = 4
-    """Examples per worker per forward/backward."""
+    """Training items per worker per forward/backward (SFT: examples; HDPO: preference pairs, two sequences each)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; the global batch is micro_batch_size x this x num_workers."""
     max_steps: int = 0
-    """Optimizer steps; 0: ``epochs`` passes over the train split's size."""
-    epochs: float = 0.5
-    """Passes over the train split when max_steps is 0 (fractions allowed)."""
+    """Optimizer steps; 0: ``epochs`` passes over the training items (SFT: the train split; offline HDPO: the pairs;
+    online HDPO: 20 when 0)."""
+    epochs: float = 1.0
+    """Passes over the training items when max_steps is 0 (fractions allowed)."""
+
+    @property
+    def rank_batch_size(self) -> int:
+        """Items one worker consumes per optimizer step: micro_batch_size x grad_accum_steps."""
+        return self.micro_batch_size * self.grad_accum_steps
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Items per optimizer step over ``world_size`` workers (the same on every rank)."""
+        return self.rank_batch_size * world_size
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSchedule:
+    """Shared by ``sft`` and ``hdpo``: AdamW and its learning-rate schedule."""
+
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -318,11 +345,12 @@ class SFTConfig:
     """The learning rate at the last step, as a fraction of lr (cosine and linear)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (0: no clipping)."""
-    loss_normalization: Literal["example", "token"] = "example"
-    """``example``: mean over examples of each example's token-mean NLL (METHOD.md); ``token``: sum over all
-    response tokens / the token count all-reduced over ranks and accumulation steps."""
-    train_history_turns: bool = False
-    """Also train on the assistant turns of the history (not only the response)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunControl:
+    """Shared by ``sft`` and ``hdpo``: logging, checkpoints, seeds and failures."""
+
     log_every: int = 5
     """Optimizer steps per metrics.jsonl line (and progress line)."""
     checkpoint_every: int = 0
@@ -330,14 +358,41 @@ class SFTConfig:
     keep_checkpoints: int = 2
     """Ray Train checkpoints kept (the latest ones)."""
     seed: int = 0
-    """Seed of torch in each worker (dropout, new weights such as LoRA adapters)."""
+    """Seed of torch in each worker (dropout, new weights such as LoRA adapters); HDPO: also of the prompt selection
+    and the pair sampler."""
     max_failures: int = 1
     """Worker-group restarts Ray Train may do, each resuming from the latest checkpoint."""
     fail_at_step: int = 0
-    """Testing hook: rank 1 exits abruptly once at this step (0: never)."""
+    """Testing hook: one rank exits abruptly once at this step (0: never)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageFolder:
+    output_dir: str = ""
+    """Where the stage writes metrics.jsonl, summary.json, final/ and Ray Train's checkpoints."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSection(RunControl, OptimizerSchedule, BatchGeometry, WorkerResources, StageFolder):
+    """What every stage that drives a DeepSpeed TorchTrainer has (``sft``, ``hdpo``): the groups above, defined
+    once, under each stage's own keys (``sft.lr`` and ``hdpo.lr`` are tuned apart). A stage redeclares only the
+    defaults it changes; its keys list as output_dir, resources, batch, optimizer, run control, then its own."""
 
     def problems(self, path: str) -> list[str]:
         return training_problems(self, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig(TrainingSection):
+    """``polyalign sft``: Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers."""
+
+    output_dir: str = "runs/demo/sft"
+    epochs: float = 0.5
+    loss_normalization: Literal["example", "token"] = "example"
+    """``example``: mean over examples of each example's token-mean NLL (METHOD.md); ``token``: sum over all
+    response tokens / the token count all-reduced over ranks and accumulation steps."""
+    train_history_turns: bool = False
+    """Also train on the assistant turns of the history (not only the response)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +494,9 @@ class CriticConfig:
     corruption_rank_weight: float = 5.0
     """Weight of the ranking hinge over (human answer, its corrupted copy) pairs (``rank_weight`` is the one over
     (human answer, SFT sample) pairs; each hinge gets its own batch of pairs)."""
+    corruption_target_gap: float = 0.0
+    """A corrupted answer's distance target is at least its original's distance plus this (0: the exact distance
+    only, which puts a quarter of cut or moved answers nearer human support than their original; docs/critic.md)."""
     min_corruption_farther_rate: float = 0.6
     """Training fails when, for some corruption kind, held-out corrupted answers score farther than their original
     human answer in fewer than this share of cases (0.5 is chance: a critic blind to that kind)."""
@@ -481,6 +539,8 @@ class CriticConfig:
         unknown = sorted(set(self.corruptions) - set(KINDS))
         if unknown:
             out.append(f"{path}.corruptions has unknown kind(s) {unknown}; choose from {list(KINDS)}")
+        if self.corruption_target_gap < 0:
+            out.append(f"{path}.corruption_target_gap must be >= 0, got {self.corruption_target_gap}")
         if not 0 <= self.min_corruption_farther_rate <= 1:
             out.append(
                 f"{path}.min_corruption_farther_rate must be in [0, 1], got {self.min_corruption_farther_rate}"
@@ -493,12 +553,59 @@ class CriticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class HDPOConfig:
+class OnlineRolloutConfig:
+    """``hdpo.online``: online HDPO's rollout pipeline (distributed/online_pairs.py): rollout batches of the current
+    policy go to generator actors, their answers to the critic pool, the scored pairs back to the trainers."""
+
+    rollouts_per_prompt: int = 4
+    """Samples of the current policy per prompt (k)."""
+    rollout_prompts: int = 0
+    """Prompts per rollout batch (0: the global batch size in pairs)."""
+    rollout_depth: int = 2
+    """Rollout batches kept in flight (generation and scoring run ahead of training by this many)."""
+    include_human: bool = True
+    """The human answer is a candidate for `chosen` (METHOD.md)."""
+    pair_margin: float = 0.1
+    """Keep a pair only when d(rejected) - d(chosen) exceeds this."""
+    sync_every: int = 1
+    """Updates between weight pushes to the rollout generator."""
+    max_staleness: int = 4
+    """Pairs generated by weights more than this many updates old are dropped (and counted)."""
+    num_generators: int = 1
+    """Rollout generator actors; rollout batch b goes to actor b mod n (keep ``rollout_depth`` >= n so
+    they all work at once). Each holds a policy copy and the frozen reference."""
+    generator_threads: int = 1
+    """On CPU: torch threads per generator actor (0: torch's default). The actors reserve no Ray CPU, so on a
+    small machine they share the trainers' cores."""
+    generation_backend: str = "hf"
+    """``hf`` (HF generate, CPU or GPU) or ``package.module:ClassName``, a class with the interface of
+    ``rollout_worker.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
+
+    def problems(self, path: str) -> list[str]:
+        out = []
+        for key in ("rollouts_per_prompt", "rollout_depth", "sync_every", "num_generators"):
+            if getattr(self, key) < 1:
+                out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("generator_threads", "rollout_prompts", "max_staleness", "pair_margin"):
+            if getattr(self, key) < 0:
+                out.append(f"{path}.{key} must be >= 0, got {getattr(self, key)}")
+        if self.generation_backend != "hf" and ":" not in self.generation_backend:
+            out.append(
+                f"{path}.generation_backend must be 'hf' or 'package.module:ClassName', got "
+                f"{self.generation_backend!r}"
+            )
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HDPOConfig(TrainingSection):
     """``polyalign hdpo``: Human-Distribution Preference Optimization (METHOD.md section 5) on Ray Train with
     DeepSpeed ZeRO workers, offline (human answer vs SFT sample) or online (rollouts scored by the critic pool)."""
 
     output_dir: str = "runs/demo/hdpo"
-    """Where HDPO writes its pairs, metrics.jsonl, summary.json and final/ (HDPO_DIR)."""
+    lr: float = 2e-4
+    warmup_steps: int = 5
+
     mode: Literal["offline", "online"] = "offline"
     """offline: human answer vs stored SFT sample; online: rollouts of the current policy scored by the critic pool."""
     policy: str = ""
@@ -538,92 +645,12 @@ class HDPOConfig:
     """Upper clip of the pair weights."""
     unit_weights: bool = False
     """All pair weights 1 (the DPO baseline sets this with reg_lambda = sft_coef = 0)."""
-    num_workers: int = 2
-    """Ray Train workers, each a DeepSpeed ZeRO engine."""
-    use_gpu: bool = False
-    """One GPU per worker."""
-    cpus_per_worker: float = 0.5
-    """Ray CPUs reserved per worker (below 1 leaves a CPU to Ray Data on small machines)."""
-    torch_threads: int = 1
-    """torch intra-op threads per worker on CPU (0: torch's default)."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage 0-3."""
-    offload_optimizer: bool = False
-    """ZeRO offload of the optimizer state to CPU memory."""
-    deepspeed_config: str = ""
-    """Path to a DeepSpeed JSON whose keys override the generated config."""
-    micro_batch_size: int = 4
-    """Pairs per worker per micro-batch (each pair is two sequences)."""
-    grad_accum_steps: int = 1
-    """Micro-batches per optimizer step."""
-    max_steps: int = 0
-    """Optimizer steps; 0: ``epochs`` passes over the offline pairs (online: required, default 20 when 0)."""
-    epochs: float = 1.0
-    """Passes over the offline pairs when max_steps is 0."""
-    lr: float = 2e-4
-    """Peak learning rate of AdamW."""
-    weight_decay: float = 0.0
-    """AdamW's decoupled weight decay."""
-    warmup_steps: int = 5
-    """Optimizer steps of linear warmup."""
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warmup: cosine, linear or constant."""
-    min_lr_ratio: float = 0.1
-    """The learning rate at the last step, as a fraction of lr."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm (0: no clipping)."""
-    rollouts_per_prompt: int = 4
-    """Online: k samples of the current policy per prompt."""
-    rollout_prompts: int = 0
-    """Online: prompts per rollout batch (0: the global batch size in pairs)."""
-    rollout_depth: int = 2
-    """Online: rollout batches kept in flight (generation and scoring run ahead of training by this many)."""
-    include_human: bool = True
-    """Online: the human answer is a candidate for `chosen` (METHOD.md)."""
-    pair_margin: float = 0.1
-    """Online: keep a pair only when d(rejected) - d(chosen) exceeds this."""
-    sync_every: int = 1
-    """Online: updates between weight pushes to the rollout generator."""
-    max_staleness: int = 4
-    """Online: pairs generated by weights more than this many updates old are dropped (and counted)."""
-    num_generators: int = 1
-    """Online: rollout generator actors; rollout batch b goes to actor b mod n (keep ``rollout_depth`` >= n so
-    they all work at once). Each holds a policy copy and the frozen reference."""
-    generator_threads: int = 1
-    """Online, CPU: torch threads per generator actor (0: torch's default). The actors reserve no Ray CPU, so on a
-    small machine they share the trainers' cores."""
-    generation_backend: str = "hf"
-    """Online: ``hf`` (HF generate, CPU or GPU) or ``package.module:ClassName``, a class with the interface of
-    ``rollout_worker.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
-    log_every: int = 5
-    """Optimizer steps per metrics.jsonl line."""
-    checkpoint_every: int = 0
-    """Optimizer steps between checkpoints (0: only the final one)."""
-    keep_checkpoints: int = 2
-    """Ray Train checkpoints kept (the latest ones)."""
-    seed: int = 0
-    """Seed of the prompt selection, the pair sampler and torch in each worker."""
-    max_failures: int = 1
-    """Worker-group restarts Ray Train may do, each resuming from the latest checkpoint."""
-    fail_at_step: int = 0
-    """Testing hook: the last rank exits abruptly once at this step (0: never)."""
+    online: OnlineRolloutConfig = dataclasses.field(default_factory=lambda: OnlineRolloutConfig())
+    """``mode: online``: the rollout pipeline (generator actors, critic pool, staleness, weight pushes)."""
 
     def problems(self, path: str) -> list[str]:
         out = training_problems(
-            self,
-            path,
-            positive=("rollouts_per_prompt", "rollout_depth", "sync_every", "num_generators"),
-            non_negative=(
-                "generator_threads",
-                "max_prompts",
-                "rollout_prompts",
-                "max_staleness",
-                "reg_lambda",
-                "sft_coef",
-                "weight_rarity",
-                "weight_gap",
-                "pair_margin",
-            ),
+            self, path, non_negative=("max_prompts", "reg_lambda", "sft_coef", "weight_rarity", "weight_gap")
         )
         if self.beta <= 0:
             out.append(f"{path}.beta must be > 0, got {self.beta}; METHOD.md uses 0.1")
@@ -634,16 +661,12 @@ class HDPOConfig:
                 f"{path}.weight_min and {path}.weight_max need 0 < weight_min <= weight_max, "
                 f"got {self.weight_min} and {self.weight_max}"
             )
-        if self.generation_backend != "hf" and ":" not in self.generation_backend:
+        online, where = self.online, f"{path}.online"
+        if self.mode == "online" and online.rollout_depth + online.sync_every - 1 > online.max_staleness:
             out.append(
-                f"{path}.generation_backend must be 'hf' or 'package.module:ClassName', got "
-                f"{self.generation_backend!r}"
-            )
-        if self.mode == "online" and self.rollout_depth + self.sync_every - 1 > self.max_staleness:
-            out.append(
-                f"{path}.max_staleness ({self.max_staleness}) is below rollout_depth + sync_every - 1 "
-                f"({self.rollout_depth + self.sync_every - 1}): every pair would be dropped as stale; raise "
-                f"{path}.max_staleness or lower {path}.rollout_depth / {path}.sync_every"
+                f"{where}.max_staleness ({online.max_staleness}) is below rollout_depth + sync_every - 1 "
+                f"({online.rollout_depth + online.sync_every - 1}): every pair would be dropped as stale; raise "
+                f"{where}.max_staleness or lower {where}.rollout_depth / {where}.sync_every"
             )
         return out
 
@@ -802,11 +825,22 @@ class SweepConfig:
     min_utility_ratio: float = 0.0
     """A point is eligible as best only if its mean F1 is at least this times the baseline's mean F1 (e.g. 0.95:
     naturalness without losing more than 5% of the baseline's utility). Needs ``baseline``."""
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    """fifo: every trial runs to its end; asha: Ray Tune's ASHA stops trials whose swept training stage is behind
+    the others at a milestone, judged on ``early_stop_metric`` (docs/sweeps.md)."""
+    early_stop_metric: str = "loss"
+    """With asha: a key of the swept training stage's metrics.jsonl lines (loss, distance/expected, ...)."""
+    early_stop_mode: Literal["min", "max"] = "min"
+    """With asha: whether a lower or a higher ``early_stop_metric`` is better."""
+    report_every: int = 2
+    """With asha: the trial reports ``early_stop_metric`` to Tune every this many optimizer steps."""
+    grace_period: int = 1
+    """With asha: reports a trial makes before it may be stopped."""
+    reduction_factor: float = 2.0
+    """With asha: at each milestone only the best 1/reduction_factor of the trials go on."""
 
     def problems(self, path: str) -> list[str]:
-        from polyalign_ray.sweep_space import space_problems
-
-        out = space_problems(self.space, self.search, f"{path}.space")
+        out = space_problems(self.space, self.search, f"{path}.space", PolyAlignConfig)
         if self.metric not in SWEEP_METRICS:
             close = difflib.get_close_matches(self.metric, SWEEP_METRICS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -827,6 +861,15 @@ class SweepConfig:
             out.append(f"{path}.seeds must be distinct non-negative integers, got {list(self.seeds)}")
         if not 0 <= self.min_utility_ratio <= 1:
             out.append(f"{path}.min_utility_ratio must be in [0, 1], got {self.min_utility_ratio}; e.g. 0.95")
+        if self.scheduler == "asha" and self.seeds:
+            out.append(
+                f"{path}.scheduler=asha would stop single seeds of a point; drop {path}.seeds or use fifo"
+            )
+        if self.report_every < 1 or self.grace_period < 1 or self.reduction_factor <= 1:
+            out.append(
+                f"{path}.report_every and {path}.grace_period must be >= 1 and {path}.reduction_factor > 1, got "
+                f"{self.report_every}, {self.grace_period}, {self.reduction_factor}"
+            )
         if self.min_utility_ratio and not self.baseline:
             out.append(
                 f"{path}.min_utility_ratio needs {path}.baseline (the run whose F1 it is measured against)"
@@ -846,7 +889,8 @@ class RayConfig:
     """Object store of a local instance in MiB (0: Ray's default)."""
     console: Literal["quiet", "full"] = "quiet"
     """quiet: the console shows our stage lines, warnings and results; Ray's, Ray Data's and the workers' own
-    messages go to ``logs/ray.log`` in the command's output folder (and Ray's session logs). full (``-v``):
+    messages go to ``logs/`` in the command's output folder (``<stage>.log`` while a pipeline stage runs,
+    ``ray.log`` otherwise; and Ray's session logs). full (``-v``):
     everything on the console, as Ray prints it."""
 
     def problems(self, path: str) -> list[str]:
@@ -993,6 +1037,26 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
+MOVED_KEYS: dict[str, str] = {
+    **{
+        f"hdpo.{key}": f"hdpo.online.{key}"
+        for key in (
+            "rollouts_per_prompt",
+            "rollout_prompts",
+            "rollout_depth",
+            "include_human",
+            "pair_margin",
+            "sync_every",
+            "max_staleness",
+            "num_generators",
+            "generator_threads",
+            "generation_backend",
+        )
+    },
+}
+"""Keys that moved (old dotted key -> new one): a config or override with the old key is refused, naming the new."""
+
+
 def _build(cls: type, data: Mapping[str, Any], path: str, problems: list[str]) -> Any:
     """Build dataclass ``cls`` from ``data``, recording unknown keys (with a suggestion) and bad values."""
     hints = typing.get_type_hints(cls)
@@ -1000,6 +1064,9 @@ def _build(cls: type, data: Mapping[str, Any], path: str, problems: list[str]) -
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
+        if full in MOVED_KEYS:
+            problems.append(f"{full!r} moved to {MOVED_KEYS[full]!r}: write {MOVED_KEYS[full]}={value!r}")
+            continue
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = (
@@ -1009,7 +1076,8 @@ def _build(cls: type, data: Mapping[str, Any], path: str, problems: list[str]) -
             continue
         before = len(problems)
         coerced = _coerce(value, hints[key], full, problems)
-        if len(problems) == before:
+        # a nested section keeps its valid keys even when others failed, so checks across sections still run
+        if len(problems) == before or (_is_dataclass_type(hints[key]) and coerced is not None):
             kwargs[key] = coerced
     try:
         obj = cls(**kwargs)

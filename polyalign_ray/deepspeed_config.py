@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from polyalign_ray.config import HDPOConfig, ModelConfig, SFTConfig
+from polyalign_ray.config import ModelConfig, TrainingSection
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def deepspeed_config(sft: SFTConfig | HDPOConfig, model: ModelConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(sft: TrainingSection, model: ModelConfig, world_size: int) -> dict[str, Any]:
     """ZeRO stage, batch geometry, clipping and precision; fp16 is never used (unsupported on CPU, and bf16 is the
     safer choice on GPUs). ``sft`` is the SFT or the HDPO section (same geometry keys); its ``deepspeed_config``
     (a JSON file) overrides any key."""
@@ -40,7 +40,7 @@ def deepspeed_config(sft: SFTConfig | HDPOConfig, model: ModelConfig, world_size
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": sft.micro_batch_size,
         "gradient_accumulation_steps": sft.grad_accum_steps,
-        "train_batch_size": sft.micro_batch_size * sft.grad_accum_steps * world_size,
+        "train_batch_size": sft.global_batch_size(world_size),
         "gradient_clipping": sft.max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": model.dtype == "bfloat16"},

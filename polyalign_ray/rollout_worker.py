@@ -7,7 +7,7 @@ A rollout is a pure function of (prompts, policy weights, seed): sampling is see
 actor restart re-executes returns the same candidates, and the online stream of pairs is reproducible.
 
 The sampling backend is pluggable: :class:`HFGenerationBackend` (HF ``generate``) is the default; any class with
-the same three methods, named as ``package.module:ClassName`` in ``hdpo.generation_backend``, replaces it (a vLLM
+the same three methods, named as ``package.module:ClassName`` in ``hdpo.online.generation_backend``, replaces it (a vLLM
 engine on GPU clusters).
 """
 
@@ -85,7 +85,7 @@ def backend_class(spec: str) -> type:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(
-            f"hdpo.generation_backend {spec!r} cannot be imported ({exc}); give 'hf' or an importable "
+            f"hdpo.online.generation_backend {spec!r} cannot be imported ({exc}); give 'hf' or an importable "
             "package.module:ClassName"
         ) from exc
 

@@ -14,6 +14,8 @@ their ``|`` written as ``.``: MLflow refuses ``|`` in names); tags carry the sta
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -76,6 +78,35 @@ def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; ``None``: no lock."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created if missing; a tracking server shared with other processes may create
+    it between our lookup and our create, so a failed create looks it up again."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 class Backend(Protocol):
     name: str
 
@@ -103,13 +134,13 @@ class MLflowBackend:
         if not uri:
             (root / "mlflow").mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-        self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            location = (root / "mlflow" / "artifacts").as_uri() if uri.startswith("sqlite:") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        location = (root / "mlflow" / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+        # Seeds and sweep trials start their stages at the same moment in other processes: the first client to
+        # touch a new sqlite file runs MLflow's schema migrations, and two at once fail ("duplicate column name").
+        # An exclusive lock beside the database makes creating the tables and the experiment one at a time.
+        with exclusive_lock(root / "mlflow" / ".create.lock" if uri.startswith("sqlite:") else None):
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = experiment_id(self.client, experiment, location)
         self.run_id = ""
 
     def start(self, run: str, params: dict[str, str], tags: dict[str, str]) -> None:

@@ -67,9 +67,11 @@ class TrainingProgress:
         every_s: float = 30.0,
         stream: TextIO | None = None,
         on_line: Callable[[dict[str, Any]], None] | None = None,
+        print_progress: bool = True,
     ) -> None:
         self.metrics_path, self.label, self.every_s = metrics_path, label, every_s
         self.on_line = on_line
+        self.print_progress = print_progress
         self.lines_done = 0
         self.stream = stream or sys.stdout
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -115,6 +117,8 @@ class TrainingProgress:
 
     def show(self, *, final: bool) -> bool:
         """Print the latest step if it is new (the final call on a terminal also ends the rewritten line)."""
+        if not self.print_progress:
+            return False
         line = last_metrics_line(self.metrics_path)
         if line is None or "step" not in line:
             return False

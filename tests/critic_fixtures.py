@@ -53,7 +53,12 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
 
 
 def synthetic_examples(
-    n: int = 400, seed: int = 0, *, with_model_answers: bool = True, corrupted_per_record: int = 0
+    n: int = 400,
+    seed: int = 0,
+    *,
+    with_model_answers: bool = True,
+    corrupted_per_record: int = 0,
+    corruption_gap: float = 0.0,
 ) -> tuple[list[CriticExample], object]:
     """Examples of ``n`` synthetic records (human, drifted model answers, and ``corrupted_per_record`` corrupted
     copies of each human answer) and the references their targets come from."""
@@ -73,7 +78,9 @@ def synthetic_examples(
     corrupted = (
         corrupt_records(records, per_record=corrupted_per_record, seed=seed) if corrupted_per_record else []
     )
-    return build_critic_examples(records, samples, references, corrupted), references
+    return build_critic_examples(
+        records, samples, references, corrupted, corruption_gap=corruption_gap
+    ), references
 
 
 def targets(examples) -> np.ndarray:

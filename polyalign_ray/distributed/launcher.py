@@ -31,7 +31,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from polyalign_ray.config import HDPOConfig, PolyAlignConfig, SFTConfig
+from polyalign_ray.config import PolyAlignConfig, TrainingSection
 from polyalign_ray.distributed.runtime import configure_worker_logging
 from polyalign_ray.loops.checkpoints import STATE_FILE
 from polyalign_ray.loops.strategy import OptimizerFactory, SchedulerFactory, Strategy
@@ -111,7 +111,7 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
 def deepspeed_trainer(
     body: WorkerBody,
     payload: dict[str, Any],
-    train: SFTConfig | HDPOConfig,
+    train: TrainingSection,
     *,
     name: str,
     output_dir: Path,
@@ -143,7 +143,7 @@ def deepspeed_trainer(
 def launch_training(
     body: WorkerBody,
     payload: dict[str, Any],
-    train: SFTConfig | HDPOConfig,
+    train: TrainingSection,
     *,
     name: str,
     output_dir: Path,

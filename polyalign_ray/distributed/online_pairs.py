@@ -82,9 +82,9 @@ class OnlinePairSource:
         self.strategy = strategy
         self.hdpo = hdpo
         self.rank, self.world = strategy.rank, strategy.world_size
-        self.pairs_per_rank = hdpo.micro_batch_size * hdpo.grad_accum_steps
+        self.pairs_per_rank = hdpo.rank_batch_size
         self.global_pairs = self.pairs_per_rank * self.world
-        self.prompts_per_batch = hdpo.rollout_prompts or self.global_pairs
+        self.prompts_per_batch = hdpo.online.rollout_prompts or self.global_pairs
         self.rarity = rarity
         self.weight_args = (
             {"a": 0.0, "c": 0.0, "w_min": 1.0, "w_max": 1.0}
@@ -119,25 +119,25 @@ class OnlinePairSource:
                 policy,
                 config.model,
                 config.generation,
-                rollouts_per_prompt=hdpo.rollouts_per_prompt,
-                include_human=hdpo.include_human,
-                backend=hdpo.generation_backend,
-                torch_threads=hdpo.generator_threads,
+                rollouts_per_prompt=hdpo.online.rollouts_per_prompt,
+                include_human=hdpo.online.include_human,
+                backend=hdpo.online.generation_backend,
+                torch_threads=hdpo.online.generator_threads,
             )
-            for _ in range(hdpo.num_generators)
+            for _ in range(hdpo.online.num_generators)
         ]
         cfg = config.critic
         self.pool = CriticPool.from_config(
-            critic_dir, cfg, max_in_flight=max(cfg.max_in_flight, hdpo.rollout_depth + 1)
+            critic_dir, cfg, max_in_flight=max(cfg.max_in_flight, hdpo.online.rollout_depth + 1)
         )
         log.info(
             "online HDPO: %d rollout actors + %d critic actors; %d prompts x %d samples per rollout batch, "
             "%d in flight",
-            hdpo.num_generators,
+            hdpo.online.num_generators,
             cfg.num_actors,
             self.prompts_per_batch,
-            hdpo.rollouts_per_prompt,
-            hdpo.rollout_depth,
+            hdpo.online.rollouts_per_prompt,
+            hdpo.online.rollout_depth,
         )
         self.buffer: collections.deque[TokenizedPair] = collections.deque()
         self.in_flight: collections.deque[dict[str, Any]] = collections.deque()
@@ -201,8 +201,8 @@ class OnlinePairSource:
             np.asarray(scored["scores"]),
             version=entry["version"],
             batch_index=entry["batch"],
-            margin=self.hdpo.pair_margin,
-            include_human=self.hdpo.include_human,
+            margin=self.hdpo.online.pair_margin,
+            include_human=self.hdpo.online.include_human,
             rarity=self.rarity,
             weight_args=self.weight_args,
             counts=self.counts,
@@ -214,15 +214,15 @@ class OnlinePairSource:
         if self.batches_without_pair >= MAX_BATCHES_WITHOUT_PAIR:
             raise RuntimeError(
                 f"{MAX_BATCHES_WITHOUT_PAIR} rollout batches in a row gave no pair (no candidate beat another by "
-                f"more than hdpo.pair_margin={self.hdpo.pair_margin}); lower hdpo.pair_margin, raise "
-                "hdpo.rollouts_per_prompt, or check the critic (polyalign score) and generation settings"
+                f"more than hdpo.online.pair_margin={self.hdpo.online.pair_margin}); lower hdpo.online.pair_margin, raise "
+                "hdpo.online.rollouts_per_prompt, or check the critic (polyalign score) and generation settings"
             )
 
     def _take_global_batch(self, step: int) -> list[TokenizedPair]:
         """``global_pairs`` fresh-enough pairs, topping the pipeline up to ``rollout_depth`` batches first."""
         while (
-            len(self.in_flight) < self.hdpo.rollout_depth
-            and len(self.buffer) < self.global_pairs * self.hdpo.rollout_depth
+            len(self.in_flight) < self.hdpo.online.rollout_depth
+            and len(self.buffer) < self.global_pairs * self.hdpo.online.rollout_depth
         ):
             self._submit()
         batch: list[TokenizedPair] = []
@@ -233,7 +233,7 @@ class OnlinePairSource:
                 self._harvest_oldest()
                 continue
             pair = self.buffer.popleft()
-            if (step - 1) - pair.version > self.hdpo.max_staleness:
+            if (step - 1) - pair.version > self.hdpo.online.max_staleness:
                 self.totals["dropped_stale"] += 1
                 continue
             batch.append(pair)
@@ -273,7 +273,7 @@ class OnlinePairSource:
         if self.rank == 0 and self._compute_started:
             self.train_intervals.append((self._compute_started, time.time()))
             self._compute_started = 0.0
-        if step % self.hdpo.sync_every and not force_sync:
+        if step % self.hdpo.online.sync_every and not force_sync:
             return
         state = self.strategy.full_state_dict()  # every rank joins the gather
         if self.rank == 0 and step != self.version:

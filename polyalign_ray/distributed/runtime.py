@@ -1,8 +1,9 @@
 """Starting and ending Ray: connect to a cluster when one is named, else start a local instance in-process.
 
 The console belongs to people: by default (``ray.console: quiet``) it shows our stage lines, warnings and results,
-and what Ray, Ray Data, Ray Train and the worker processes print goes to ``LOG_DIR/ray.log`` instead (Ray's
-session folder keeps its own full logs as always). Three things make that so:
+and what Ray, Ray Data, Ray Train and the worker processes print goes to ``LOG_DIR/ray.log`` instead, or, while a
+pipeline stage runs, to that stage's ``LOG_DIR/<stage>.log`` (``log_files.py``; Ray's session folder keeps its own
+full logs as always). Three things make that so:
 
 - the driver's ``ray`` loggers keep their level but their console handlers only pass warnings (Ray Data's
   execution reports and progress bars, Train's and Tune's status lines are INFO); everything reaches the file;
@@ -32,6 +33,7 @@ from typing import Any, TextIO
 import ray
 
 from polyalign_ray.config import RayConfig
+from polyalign_ray.log_files import SwitchableLogStream, activate
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +98,10 @@ class WorkerOutputToFile:
             self.file.flush()
 
 
-def ray_data_logging_config(log_file: Path) -> dict[str, Any]:
+def ray_data_logging_config() -> dict[str, Any]:
     """Ray Data's own logging config (it re-applies it at every execution, so handler tweaks would not last),
-    with its console handler at WARNING minus our noise filter, and our log file added."""
+    with its console handler at WARNING minus our noise filter, and a handler to the active log stream added
+    (the command's ``ray.log``, or the running stage's file: ``log_files.py``)."""
     import copy
 
     from ray.data._internal.logging import DEFAULT_CONFIG
@@ -108,8 +111,7 @@ def ray_data_logging_config(log_file: Path) -> dict[str, Any]:
     config["handlers"]["console"]["level"] = "WARNING"
     config["handlers"]["console"].setdefault("filters", []).append("polyalign_console_noise")
     config["handlers"]["polyalign_file"] = {
-        "class": "logging.FileHandler",
-        "filename": str(log_file),
+        "class": "polyalign_ray.log_files.ActiveStreamHandler",
         "formatter": "ray",
         "level": "INFO",
     }
@@ -122,8 +124,8 @@ def ray_data_logging_config(log_file: Path) -> dict[str, Any]:
 def ray_loggers_to_file(log_file: Path) -> Iterator[WorkerOutputToFile]:
     """The driver's ``ray`` loggers (Ray Data's aside): everything to ``log_file``, only warnings that are not
     noise to the console. Yields the handler for worker output, which writes to the same file."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    stream = log_file.open("a", encoding="utf-8")
+    stream = SwitchableLogStream(log_file)
+    activate(stream)
     file_handler = logging.StreamHandler(stream)
     file_handler.setFormatter(logging.Formatter(WORKER_LOG_FORMAT, "%H:%M:%S"))
     file_handler.setLevel(logging.INFO)
@@ -148,6 +150,7 @@ def ray_loggers_to_file(log_file: Path) -> Iterator[WorkerOutputToFile]:
             handler.removeFilter(noise)
         for logger in with_file:
             logger.removeHandler(file_handler)
+        activate(None)
         stream.close()
 
 
@@ -159,7 +162,7 @@ def ray_data_logs_to_file(log_file: Path) -> Iterator[None]:
     from ray.data._internal.logging import configure_logging
 
     data_config = log_file.parent / "ray-data-logging.yaml"
-    data_config.write_text(yaml.safe_dump(ray_data_logging_config(log_file)), encoding="utf-8")
+    data_config.write_text(yaml.safe_dump(ray_data_logging_config()), encoding="utf-8")
     previous = os.environ.get("RAY_DATA_LOGGING_CONFIG")
     os.environ["RAY_DATA_LOGGING_CONFIG"] = str(data_config)
     configure_logging()

@@ -20,6 +20,7 @@ output folders under ``best/``: ``polyalign pipeline --config best.yaml`` trains
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -27,13 +28,14 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
+from polyalign_ray.config import ConfigError, PolyAlignConfig, SweepConfig, config_from_dict, config_to_dict
 from polyalign_ray.stages.pipeline import (
     PER_SEED_FOLDERS,
     pipeline_stages,
@@ -42,19 +44,20 @@ from polyalign_ray.stages.pipeline import (
     seed_root,
     variant,
 )
+from polyalign_ray.sweep_domains import Domain, parse_domain
 from polyalign_ray.sweep_space import (
-    Domain,
     aggregate_points,
     best_point,
     config_with,
-    parse_domain,
     plot_objective,
+    space_value_problems,
     swept_sections,
     trial_label,
     write_best_config,
     write_points_table,
     write_trials_table,
 )
+from polyalign_ray.training_progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,12 @@ def run_trial(
     folder = Path(trials_dir) / f"{context.get_trial_id()}_{trial_label(params)}"
     trial = trial_config(config, swept, folder, plan)
     began = time.perf_counter()
-    run_pipeline(trial, only=plan.trial, echo=log.info)
+    early_stop: dict[str, float] = {}
+    if config.sweep.scheduler == "asha":
+        with early_stop_reports(trial, plan) as early_stop:
+            run_pipeline(trial, only=plan.trial, echo=log.info)
+    else:
+        run_pipeline(trial, only=plan.trial, echo=log.info)
     report = json.loads(
         (Path(trial.eval.output_dir) / SWEPT_MODEL / "report.json").read_text(encoding="utf-8")
     )
@@ -184,10 +192,66 @@ def run_trial(
     tune.report(
         {
             **headline,
+            **early_stop,
             config.sweep.metric: float("nan") if value is None else float(value),
             "seconds": time.perf_counter() - began,
             "trial_folder": str(folder),
         }
+    )
+
+
+def early_stop_key(sweep: SweepConfig) -> str:
+    """The name ASHA's metric has in Tune's results (prefixed: the report's metrics may share names)."""
+    return f"train/{sweep.early_stop_metric}"
+
+
+def swept_training_stage(plan: SweepPlan) -> str:
+    """The last training stage a trial runs: the one whose progress ASHA judges."""
+    stages = [name for name in plan.trial if name in TRAINING_SECTION]
+    if not stages:
+        raise ValueError(
+            "sweep.scheduler=asha needs a training stage among the swept ones (the sweep only changes "
+            f"{list(plan.trial)}); use sweep.scheduler=fifo"
+        )
+    return stages[-1]
+
+
+@contextlib.contextmanager
+def early_stop_reports(trial: PolyAlignConfig, plan: SweepPlan) -> Iterator[dict[str, float]]:
+    """While the trial's stages run, report ``early_stop_metric`` of the swept training stage to Tune every
+    ``report_every`` steps (read from its metrics.jsonl), so that ASHA can stop the trial at a milestone. The
+    objective is NaN in these reports (Tune's strict metric check wants it in every result); the trial's last
+    report carries it, and the last early-stop value (yielded) too."""
+    sweep = trial.sweep
+    stage = swept_training_stage(plan)
+    metrics_path = Path(getattr(trial, TRAINING_SECTION[stage]).output_dir) / "metrics.jsonl"
+    key = early_stop_key(sweep)
+    last = {key: float("nan")}
+
+    def report(line: dict[str, Any]) -> None:
+        value = line.get(sweep.early_stop_metric)
+        if isinstance(value, (int, float)) and int(line.get("step", 0)) % sweep.report_every == 0:
+            last[key] = float(value)
+            tune.report({key: float(value), "train_step": int(line["step"]), sweep.metric: float("nan")})
+
+    with TrainingProgress(metrics_path, stage, on_line=report, print_progress=False):
+        yield last
+
+
+def scheduler(config: PolyAlignConfig) -> Any:
+    """Tune's trial scheduler: FIFO, or ASHA on the training stage's early-stop metric."""
+    sweep = config.sweep
+    if sweep.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        metric=early_stop_key(sweep),
+        mode=sweep.early_stop_mode,
+        time_attr="training_iteration",
+        grace_period=sweep.grace_period,
+        reduction_factor=sweep.reduction_factor,
+        max_t=10**6,
     )
 
 
@@ -242,6 +306,9 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
         raise ValueError(
             "sweep.space is empty: give the keys to sweep, e.g. sweep.space='{hdpo.reg_lambda: [0, 0.3]}'"
         )
+    problems = space_value_problems(config, sweep.space)
+    if problems:
+        raise ConfigError(problems)
     out = Path(sweep.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = sweep_plan(config)
@@ -269,12 +336,15 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
             **{d.key: tune_domain(d, sweep.search) for d in domains},
             **({"seed": tune.grid_search(seeds)} if seeds else {}),
         },
+        # With ASHA the scheduler judges its own metric, so the objective's metric/mode go to the search
+        # algorithm only (Tune refuses a metric in both TuneConfig and the scheduler).
         tune_config=tune.TuneConfig(
-            metric=sweep.metric,
-            mode=sweep.mode,
+            metric=None if sweep.scheduler == "asha" else sweep.metric,
+            mode=None if sweep.scheduler == "asha" else sweep.mode,
             num_samples=sweep.num_samples,
             max_concurrent_trials=concurrency,
             search_alg=search_algorithm(config),
+            scheduler=scheduler(config),
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1),
     )
@@ -283,10 +353,11 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     rows = []
     for number, result in enumerate(results):
         metrics = result.metrics or {}
+        stopped = not result.error and not math.isfinite(float(metrics.get(sweep.metric, float("nan"))))
         rows.append(
             {
                 "trial": number,
-                "status": "error" if result.error else "done",
+                "status": "error" if result.error else "stopped" if stopped else "done",
                 **{k: (result.config or {}).get(k) for k in [*keys, *(["seed"] if seeds else [])]},
                 **{
                     k: v

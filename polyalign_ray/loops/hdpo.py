@@ -94,7 +94,7 @@ def total_hdpo_steps(hdpo: HDPOConfig, num_pairs: int, world_size: int) -> int:
         return hdpo.max_steps
     if hdpo.mode == "online":
         return ONLINE_DEFAULT_STEPS
-    global_batch = hdpo.micro_batch_size * hdpo.grad_accum_steps * world_size
+    global_batch = hdpo.global_batch_size(world_size)
     return max(1, math.ceil(hdpo.epochs * num_pairs / global_batch))
 
 
@@ -314,7 +314,7 @@ def run_hdpo(
     rank, world = strategy.rank, strategy.world_size
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / "metrics.jsonl"
-    pairs_per_rank = hdpo.micro_batch_size * hdpo.grad_accum_steps
+    pairs_per_rank = hdpo.rank_batch_size
     global_pairs = pairs_per_rank * world
     pad_id = tokenizer.pad_token_id
     # --- start or resume: strategy state, the pair source's position ---

@@ -43,7 +43,7 @@ def total_optimizer_steps(sft: SFTConfig, num_examples: int, world_size: int) ->
     """``sft.max_steps``, or ``sft.epochs`` passes of the train split at the global batch size."""
     if sft.max_steps:
         return sft.max_steps
-    global_batch = sft.micro_batch_size * sft.grad_accum_steps * world_size
+    global_batch = sft.global_batch_size(world_size)
     return max(1, math.ceil(sft.epochs * num_examples / global_batch))
 
 
@@ -57,6 +57,41 @@ class WindowStats:
     seconds: float = 0.0
     bucket_counts: torch.Tensor | None = None
     bucket_nll: torch.Tensor | None = None
+
+    def add(
+        self, loss: float, tokens: float, seconds: float, counts: torch.Tensor, nll: torch.Tensor
+    ) -> None:
+        """One optimizer step's global loss, tokens, wall seconds and per-bucket examples and NLL sums."""
+        self.steps += 1
+        self.loss += loss
+        self.tokens += tokens
+        self.seconds += seconds
+        self.bucket_counts = counts if self.bucket_counts is None else self.bucket_counts + counts
+        self.bucket_nll = nll if self.bucket_nll is None else self.bucket_nll + nll
+
+
+def bucket_sampler(
+    sizes: dict[str, int], sft: SFTConfig, sampler_config: SamplerConfig, *, world: int, rank: int, steps: int
+) -> tuple[BucketBalancedSampler, dict[str, float]]:
+    """The step's draws and the examples' loss weights: ``sampler`` mode draws p(b) ∝ m_b·n_b^α with unit weights;
+    ``loss_weights`` mode draws in natural proportions and weights each bucket by w_b = p(b) / (n_b / N)."""
+    balanced = sampler_config.mode == "sampler"
+    sampler = BucketBalancedSampler(
+        sizes,
+        batch_size=sft.rank_batch_size,
+        alpha=sampler_config.alpha if balanced else 1.0,
+        multipliers=sampler_config.multipliers if balanced else None,
+        seed=sampler_config.seed,
+        world_size=world,
+        rank=rank,
+        num_steps=steps,
+    )
+    weight_of = (
+        dict.fromkeys(sizes, 1.0)
+        if balanced
+        else bucket_loss_weights(sizes, sampler_config.alpha, sampler_config.multipliers)
+    )
+    return sampler, weight_of
 
 
 def forward_backward(
@@ -153,22 +188,7 @@ def run_sft(
     metrics_path = output_dir / "metrics.jsonl"
     sizes = examples.sizes()
     total_steps = total_optimizer_steps(sft, sum(sizes.values()), world)
-    balanced = sampler_config.mode == "sampler"
-    sampler = BucketBalancedSampler(
-        sizes,
-        batch_size=sft.micro_batch_size * sft.grad_accum_steps,
-        alpha=sampler_config.alpha if balanced else 1.0,
-        multipliers=sampler_config.multipliers if balanced else None,
-        seed=sampler_config.seed,
-        world_size=world,
-        rank=rank,
-        num_steps=total_steps,
-    )
-    weight_of = (
-        dict.fromkeys(sizes, 1.0)
-        if balanced
-        else bucket_loss_weights(sizes, sampler_config.alpha, sampler_config.multipliers)
-    )
+    sampler, weight_of = bucket_sampler(sizes, sft, sampler_config, world=world, rank=rank, steps=total_steps)
     bucket_index = {b: i for i, b in enumerate(sampler.buckets)}
     pad_id = tokenizer.pad_token_id
 
@@ -201,7 +221,7 @@ def run_sft(
                 strategy.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64))[0]
             )
         else:
-            denominator = float(sft.micro_batch_size * sft.grad_accum_steps * world)
+            denominator = float(sft.global_batch_size(world))
 
         # --- forward, loss, backward of each micro-batch ---
         step_loss, bucket_counts, bucket_nll = forward_backward(
@@ -236,12 +256,7 @@ def run_sft(
         cumulative += counts
         tokens_seen += global_tokens
         history.append(global_loss)
-        window.steps += 1
-        window.loss += global_loss
-        window.tokens += global_tokens
-        window.seconds += time.perf_counter() - step_start
-        window.bucket_counts = counts if window.bucket_counts is None else window.bucket_counts + counts
-        window.bucket_nll = nll if window.bucket_nll is None else window.bucket_nll + nll
+        window.add(global_loss, global_tokens, time.perf_counter() - step_start, counts, nll)
 
         # --- log ---
         if step % sft.log_every == 0 or step == total_steps:
@@ -285,7 +300,7 @@ def run_sft(
         "wall_s": wall,
         "bucket_counts": {b: int(cumulative[i]) for b, i in bucket_index.items()},
         "bucket_shares_target": sampler.shares
-        if balanced
+        if sampler_config.mode == "sampler"
         else {b: n / sum(sizes.values()) for b, n in sizes.items()},
         "loss_weights": weight_of,
         "final_model": str(output_dir / "final"),

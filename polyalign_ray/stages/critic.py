@@ -79,7 +79,9 @@ def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
         rows, kinds=cfg.corruptions, per_record=cfg.corruptions_per_prompt, seed=cfg.seed
     )
     write_jsonl(out / "corrupted.jsonl", (dataclasses.asdict(c) for c in corrupted))
-    examples = build_critic_examples(rows, samples, references, corrupted)
+    examples = build_critic_examples(
+        rows, samples, references, corrupted, corruption_gap=cfg.corruption_target_gap
+    )
     encoder, encoder_model = None, ""
     if cfg.encoder == "frozen_lm":
         encoder_model = cfg.encoder_model or policy

@@ -150,7 +150,7 @@ def hdpo_worker(context: WorkerContext, payload: dict[str, Any]) -> None:
     if hdpo.mode == "offline":
         source = OfflinePairSource(
             pairs,
-            pairs_per_rank=hdpo.micro_batch_size * hdpo.grad_accum_steps,
+            pairs_per_rank=hdpo.rank_batch_size,
             world_size=context.world_size,
             rank=context.rank,
             seed=hdpo.seed,
@@ -233,7 +233,7 @@ def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: boo
         hdpo.mode,
         hdpo.num_workers,
         hdpo.zero_stage,
-        hdpo.micro_batch_size * hdpo.grad_accum_steps * hdpo.num_workers,
+        hdpo.global_batch_size(hdpo.num_workers),
     )
     payload = {
         "config": config_to_dict(config),

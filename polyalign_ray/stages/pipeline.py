@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
+from polyalign_ray.log_files import stage_log_file
 from polyalign_ray.training_runs import read_json_file, settings_fingerprint, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,11 @@ def withdraw_marker(stage: Stage) -> None:
     (stage.folder / MARKER).unlink(missing_ok=True)
 
 
+def run_log_dir(config: PolyAlignConfig) -> Path:
+    """``OUT/logs``: the command's ``ray.log`` and one ``<stage>.log`` per stage run in this process."""
+    return Path(config.data.output_dir).parent / "logs"
+
+
 def run_stage(
     stage: Stage,
     config: PolyAlignConfig,
@@ -293,10 +299,12 @@ def run_stage(
     if not redo and stage_is_done(stage, config, folders):
         echo(f"{label} — done earlier, skipped ({stage.folder / MARKER})")
         return None, "skipped"
-    echo(f"{label} ... ({why_stage_runs(stage, config, folders)}; elapsed {elapsed():.0f} s)")
-    withdraw_marker(stage)
-    began = time.perf_counter()
-    result = stage.run(redo)
+    with stage_log_file(run_log_dir(config) / f"{stage.name}.log") as log_file:
+        where = f"; Ray's messages: {log_file}" if log_file else ""
+        echo(f"{label} ... ({why_stage_runs(stage, config, folders)}; elapsed {elapsed():.0f} s{where})")
+        withdraw_marker(stage)
+        began = time.perf_counter()
+        result = stage.run(redo)
     if isinstance(result, str) and stage.name == "data":
         echo("\n" + result)  # the bucket table
     seconds = time.perf_counter() - began
@@ -396,9 +404,11 @@ def run_seeded_pipeline(config: PolyAlignConfig, *, echo: Callable[[str], None] 
     if pending:
         echo(
             f"seeds {pending}: {len(stages)} stages each ({', '.join(stages)}) as Ray Tune trials; progress in "
-            f"{seed_root(config, pending[0]).parent}/seed_N/progress.log (elapsed {time.perf_counter() - start:.0f} s)"
+            f"{seed_root(config, pending[0]).parent}/seed_N/progress.log, Ray's messages in "
+            f"{run_log_dir(config) / 'seeds.log'} (elapsed {time.perf_counter() - start:.0f} s)"
         )
-        outcome = run_seed_trials(config, pending, stages)
+        with stage_log_file(run_log_dir(config) / "seeds.log"):
+            outcome = run_seed_trials(config, pending, stages)
         for seed, row in outcome.items():
             timings[f"seed_{seed}"] = row.get("seconds", "failed")
             echo(

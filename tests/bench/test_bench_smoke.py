@@ -10,22 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
-SHARED_TRL_SCRIPT = REPO.parent / "shared" / "bench" / "trl_baseline.py"
-TINY_TRAINING = [
-    "--steps",
-    "2",
-    "--warmup",
-    "1",
-    "--pairs",
-    "24",
-    "--corpus-sentences",
-    "400",
-    "--max-length",
-    "64",
-]
+# The benchmarks' data and model generators, tiny (the real ones are the shared TRL baseline script's).
+STUB = REPO / "tests" / "fixtures" / "bench_baseline_stub.py"
+TINY_TRAINING = ["--steps", "2", "--warmup", "1", "--pairs", "24", "--corpus-sentences", "400"]
+TINY_TRAINING += ["--max-length", "64", "--shared-script", str(STUB)]
 
 
 def run_bench(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -42,12 +31,6 @@ def run_bench(script: str, *args: str, timeout: int = 300) -> subprocess.Complet
     return result
 
 
-needs_trl_script = pytest.mark.skipif(
-    not SHARED_TRL_SCRIPT.is_file(), reason=f"the shared TRL baseline script is not at {SHARED_TRL_SCRIPT}"
-)
-
-
-@needs_trl_script
 def test_sft_throughput_runs(tmp_path: Path) -> None:
     report = tmp_path / "sft.md"
     out = run_bench(
@@ -63,7 +46,6 @@ def test_sft_throughput_runs(tmp_path: Path) -> None:
     assert "| ours run_sft, GC off |" in text and "Model FLOP utilization" in text and "| backward |" in text
 
 
-@needs_trl_script
 def test_hdpo_throughput_runs(tmp_path: Path) -> None:
     report = tmp_path / "hdpo.md"
     run_bench(

@@ -95,7 +95,7 @@ def train(
     )
     source = OfflinePairSource(
         pairs,
-        pairs_per_rank=hdpo.micro_batch_size * hdpo.grad_accum_steps,
+        pairs_per_rank=hdpo.rank_batch_size,
         world_size=1,
         rank=0,
         seed=hdpo.seed,

@@ -5,6 +5,10 @@ comparison report over two seeds) runs end to end, scaled down; a rerun skips ev
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,13 @@ from polyalign_ray.references import ReferenceSet
 from polyalign_ray.schema import SPLITS
 
 pytestmark = pytest.mark.ray
+
+# What only Ray prints: worker prefixes, Ray Data's execution reports and progress bars, Train's cleaner, the
+# autoscaler, Ray's own start line.
+RAY_INTERNAL = re.compile(
+    r"\(\w* ?pid=\d+\)|streaming_executor|logging_progress|PlacementGroupCleaner|autoscaler|\x1b\[A"
+    r"|Started a local Ray instance|Token authentication|execution finished in|core_worker"
+)
 
 ROWS = [
     {"id": "a", "prompt": "What is the capital of France?", "response": "Paris."},
@@ -105,8 +116,39 @@ def test_pipeline_with_two_seeds_on_the_builtin_corpus(
         "eval.human_per_bucket=40",
         "eval.bootstrap_samples=200",
         "pipeline.baselines=false",  # plain SFT and DPO are the same stages with other settings (unit-tested)
+        # one Train worker per stage: two seeds run at once on 2 CPUs; several workers are tested in test_sft_ray
+        "sft.num_workers=1",
+        "hdpo.num_workers=1",
+        "tracking.backends=[mlflow, tensorboard]",
     ]
-    assert main(["pipeline", "--output", str(tmp_path), "--seeds", "2", *small]) == 0
+    # The first run is a real console: its own process and Ray instance, as `make demo` starts it.
+    command = [
+        str(Path(sys.executable).with_name("polyalign")),
+        "pipeline",
+        "--output",
+        str(tmp_path),
+        "--seeds",
+        "2",
+    ]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    done = subprocess.run([*command, *small], capture_output=True, text=True, env=env, timeout=1200)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    ray_lines = [line for line in out.splitlines() if RAY_INTERNAL.search(line)]
+    # issue 16: Ray's own messages are in logs/ray.log, not on the console
+    assert not ray_lines, ray_lines[:10]
+    assert "Started a local Ray instance" in (tmp_path / "logs" / "ray.log").read_text()
+    # ... and a file per stage run by this process, named on the stage's line: Ray Data's execution of prepare in
+    # data.log, the seed trials' output (their Train workers' lines included) in seeds.log
+    assert f"Ray's messages: {tmp_path / 'logs' / 'data.log'}" in out
+    assert "execution" in (tmp_path / "logs" / "data.log").read_text().lower()
+    assert "run_seed_trial" in (tmp_path / "logs" / "seeds.log").read_text()
+    for line in (
+        "[1/1] data: prepare + references ...",
+        "seeds [0, 1]: 6 stages each",
+        "compare: comparison",
+    ):
+        assert line in out, line
     data = tmp_path / "data"
     manifest = json.loads((data / "manifest.json").read_text())
     assert (
@@ -120,7 +162,6 @@ def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     references = ReferenceSet.load(data / "references.json")
     train = load_split(data, "train")
     assert sum(references.counts[b] for b in buckets if b in references.counts) == train.num_rows
-    out = capsys.readouterr().out
     assert "| bucket | train | val | test |" in out
     assert "Empty buckets" in out
     assert (data / "buckets.md").is_file()
@@ -146,6 +187,7 @@ def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     assert bng["seeds"] == 2 and bng["scheme"] == "seeds+items" and bng["low"] <= bng["mean"] <= bng["high"]
     assert "Mean ± 95% interval half-width, 2 seed(s)" in out and "HDPO − Bucket-SFT:" in out
     assert "Comparison report" in out
+    check_tracking(tmp_path)
 
     # a second run finds every stage done
     assert main(["pipeline", "--output", str(tmp_path), "--seeds", "2", *small]) == 0
@@ -167,3 +209,31 @@ def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     redone = json.loads((tmp_path / "seeds" / "seed_0" / "hdpo" / "summary.json").read_text())
     assert (redone["steps"], redone["resumed_from_step"]) == (4, 0)
     assert (tmp_path / "seeds" / "seed_0" / "hdpo" / "previous" / "metrics.jsonl").read_text() == first_hdpo
+
+
+def check_tracking(root: Path) -> None:
+    """Issue 16: every stage of every seed is a run of one MLflow experiment (named after the root folder) with
+    the config as params and the step metrics of metrics.jsonl; the comparison's run holds the report; TensorBoard
+    has the same scalars. Read back with each library's own reader."""
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(root.name)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], max_results=200)}
+    for seed in (0, 1):
+        for stage in ("sft", "critic", "hdpo"):
+            assert f"seeds/seed_{seed}/{stage}" in runs, sorted(runs)
+    sft = runs["seeds/seed_0/sft"]
+    assert sft.data.params["sft.max_steps"] == "6" and sft.info.status == "FINISHED"
+    logged = json.loads((root / "seeds" / "seed_0" / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
+    history = client.get_metric_history(sft.info.run_id, "loss")
+    assert [m.step for m in history][-1] == logged["step"] and history[-1].value == pytest.approx(
+        logged["loss"]
+    )
+    assert any(run_name.endswith("eval/hdpo") for run_name in runs)
+    report_run = next(r for name, r in runs.items() if name.endswith("eval/report"))
+    assert "report.md" in [a.path for a in client.list_artifacts(report_run.info.run_id)]
+    events = EventAccumulator(str(root / "tensorboard" / "seeds" / "seed_0" / "sft"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([m.value for m in history])

@@ -108,8 +108,8 @@ def test_online_hdpo_two_workers(data_dir, zero3_run, critic_bundle, tmp_path, z
             "hdpo.mode=online",
             f"hdpo.zero_stage={zero_stage}",
             "hdpo.max_steps=10",
-            "hdpo.rollouts_per_prompt=2",
-            "hdpo.pair_margin=0.0",
+            "hdpo.online.rollouts_per_prompt=2",
+            "hdpo.online.pair_margin=0.0",
         )
     )
     log = lines(tmp_path)
@@ -120,7 +120,9 @@ def test_online_hdpo_two_workers(data_dir, zero3_run, critic_bundle, tmp_path, z
     )
     assert source["pairs_used"] == 10 * 4
     assert source["staleness_max"] <= 4
-    assert source["critic_busy_s"] > 0 and source["critic_busy_while_training_s"] > 0
+    # Rollouts run ahead of training: generation overlaps the train steps. (The critic's few ms per batch may fall
+    # entirely between steps of ~0.1 s, so its overlap is measured but not asserted; bench/hdpo_online.py has it.)
+    assert source["critic_busy_s"] > 0 and source["generator_busy_while_training_s"] > 0
     assert mean(x["rewards/accuracy"] for x in log[-4:]) > 0.5
     assert all("online/staleness_mean" in x for x in log)
 
@@ -154,8 +156,8 @@ def online_local_run(
         out,
         "hdpo.mode=online",
         f"hdpo.max_steps={steps}",
-        "hdpo.rollouts_per_prompt=2",
-        "hdpo.pair_margin=0.0",
+        "hdpo.online.rollouts_per_prompt=2",
+        "hdpo.online.pair_margin=0.0",
         "hdpo.micro_batch_size=4",
         *overrides,
     )
@@ -219,7 +221,7 @@ def test_online_actors_killed_mid_run_lose_no_pair(
         critic_bundle,
         tmp_path,
         kill_at=2,
-        overrides=("hdpo.checkpoint_every=2", "hdpo.num_generators=2"),
+        overrides=("hdpo.checkpoint_every=2", "hdpo.online.num_generators=2"),
     )
     assert [x["loss"] for x in hit] == pytest.approx([x["loss"] for x in calm], rel=1e-6)
     for key in ("pairs_built", "pairs_used", "prompts", "candidates", "rollout_batches"):
@@ -248,14 +250,15 @@ def test_online_resume_equals_uninterrupted(
     assert resumed_summary["source"]["pairs_built"] == full_summary["source"]["pairs_built"]
 
 
+ONE_WORKER_THREE_STEPS = ("hdpo.max_steps=3", "hdpo.zero_stage=2", "hdpo.num_workers=1")
+
+
 def test_the_same_folder_with_another_lambda_trains_from_the_start(
     data_dir, zero3_run, critic_bundle, tmp_path
 ) -> None:
     """Issue 13 for HDPO: a second run into the same folder with another lambda trains all its steps (it used to
     restore the finished run and train none), its logged losses show the new lambda, and `final/` is its own."""
-    first = run_hdpo_stage(
-        hdpo_config(data_dir, zero3_run, critic_bundle, tmp_path, "hdpo.max_steps=3", "hdpo.zero_stage=2")
-    )
+    first = run_hdpo_stage(hdpo_config(data_dir, zero3_run, critic_bundle, tmp_path, *ONE_WORKER_THREE_STEPS))
     before = lines(tmp_path)
     second = run_hdpo_stage(
         hdpo_config(
@@ -263,8 +266,7 @@ def test_the_same_folder_with_another_lambda_trains_from_the_start(
             zero3_run,
             critic_bundle,
             tmp_path,
-            "hdpo.max_steps=3",
-            "hdpo.zero_stage=2",
+            *ONE_WORKER_THREE_STEPS,
             "hdpo.reg_lambda=3.0",
         )
     )

@@ -86,6 +86,7 @@ def test_the_same_folder_with_another_setting_trains_from_the_start(ray_session,
                 "sft.warmup_steps=1",
                 "sft.log_every=1",
                 "sft.micro_batch_size=2",
+                "sft.num_workers=1",  # what is tested is the run folder, not data parallelism
                 f"sft.lr={lr}",
             ]
         )

@@ -1,6 +1,6 @@
-"""A 2-trial Ray Tune sweep over ``hdpo.reg_lambda`` on the tiny setup of the session fixtures: each trial trains
-HDPO on Ray Train and evaluates it; the table, best.yaml and plot are written; best.yaml run again through the
-pipeline reproduces the best trial's objective."""
+"""A 2-trial Ray Tune sweep over ``hdpo.lr`` with ASHA on the tiny setup of the session fixtures: each trial trains
+HDPO on Ray Train and evaluates it, unless ASHA stops it; the table, best.yaml and plot are written; best.yaml run
+again through the pipeline reproduces the best trial's objective."""
 
 from __future__ import annotations
 
@@ -25,19 +25,31 @@ EVAL = [
 ]
 
 
-def test_two_trial_sweep_over_reg_lambda(data_dir, zero3_run, critic_bundle, tmp_path: Path) -> None:
+def test_sweep_with_asha_stops_the_trial_that_learns_nothing(
+    data_dir, zero3_run, critic_bundle, tmp_path: Path
+) -> None:
+    """Issue 16: trials report the HDPO loss every 2 steps; ASHA keeps the better half at each milestone. The second
+    trial (lr 1e-9: its loss never falls) reaches the first milestone after the first trial, is worse there, and is
+    stopped before its last step and before its evaluation; the best point is the trial that ran to its end."""
     sweep_dir = tmp_path / "sweep"
+    # long enough that ASHA's stop (the report at step 2, then Tune's decision, a second or two) lands mid-training
+    steps = 400  # about 10 s of training here
     config = hdpo_config(
         data_dir,
         zero3_run,
         critic_bundle,
         tmp_path / "hdpo",
-        "hdpo.max_steps=6",
+        f"hdpo.max_steps={steps}",
         "hdpo.zero_stage=2",
+        "hdpo.num_workers=1",  # several workers are tested in test_hdpo_ray
         *EVAL,
         f"eval.output_dir={tmp_path / 'eval'}",
         f"sweep.output_dir={sweep_dir}",
-        "sweep.space={hdpo.reg_lambda: [0.0, 2.0]}",
+        "sweep.space={hdpo.lr: [0.003, 1.0e-9]}",
+        "sweep.scheduler=asha",
+        "sweep.early_stop_metric=loss",
+        "sweep.report_every=2",
+        "sweep.max_concurrent_trials=1",  # the good trial sets the bar at the milestone first
     )
     plan = sweep_plan(config)
     assert plan.prefix == ("data", "sft", "critic")
@@ -50,9 +62,8 @@ def test_two_trial_sweep_over_reg_lambda(data_dir, zero3_run, critic_bundle, tmp
     summary = run_sweep(config)
 
     rows = summary["trials"]
-    assert [r["status"] for r in rows] == ["done", "done"], rows
-    assert sorted(r["hdpo.reg_lambda"] for r in rows) == [0.0, 2.0]
-    assert all(isinstance(r["aggregate"], float) and 0 <= r["aggregate"] <= 1 for r in rows)
+    assert [(r["hdpo.lr"], r["status"]) for r in rows] == [(0.003, "done"), (1.0e-9, "stopped")], rows
+    assert isinstance(rows[0]["aggregate"], float) and 0 <= rows[0]["aggregate"] <= 1
     for stage in plan.prefix:  # shared stages were not trained again
         marker = json.loads(
             next(s.folder for s in pipeline_stages(shared) if s.name == stage)
@@ -60,18 +71,19 @@ def test_two_trial_sweep_over_reg_lambda(data_dir, zero3_run, critic_bundle, tmp
             .read_text()
         )
         assert marker["seconds"] == 0.0
-    folders = [Path(r["trial_folder"]) for r in rows]
-    final_losses = [
-        json.loads((f / "hdpo" / "metrics.jsonl").read_text().splitlines()[-1])["loss"] for f in folders
-    ]
-    assert final_losses[0] != final_losses[1]  # lambda changed what was trained
+    good = Path(rows[0]["trial_folder"])
+    assert len((good / "hdpo" / "metrics.jsonl").read_text().splitlines()) == steps
+    # the stopped trial reported no objective; its folder is found from its id (it never reported a folder)
+    (bad,) = [f for f in (sweep_dir / "trials").iterdir() if f != good]
+    assert len((bad / "hdpo" / "metrics.jsonl").read_text().splitlines()) < steps
+    assert not (bad / "eval" / "hdpo" / "report.json").exists()
     table = list(csv.DictReader((sweep_dir / "trials.csv").open()))
-    assert len(table) == 2 and {"hdpo.reg_lambda", "aggregate", "status"} <= set(table[0])
-    assert "hdpo.reg_lambda" in (sweep_dir / "trials.md").read_text()
+    assert len(table) == 2 and {"hdpo.lr", "aggregate", "status"} <= set(table[0])
+    assert "hdpo.lr" in (sweep_dir / "trials.md").read_text()
     assert (sweep_dir / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     best = load_config(sweep_dir / "best.yaml")
-    assert best.hdpo.reg_lambda == summary["best"]["params"]["hdpo.reg_lambda"]
+    assert best.hdpo.lr == summary["best"]["params"]["hdpo.lr"] == 0.003
     assert best.hdpo.output_dir == str(sweep_dir.resolve() / "best" / "hdpo")
     assert best.sft.output_dir == config.sft.output_dir
     # `polyalign pipeline --config best.yaml` (the stages the sweep varied) gives the trial's objective again.

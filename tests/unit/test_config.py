@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,22 @@ import yaml
 
 from polyalign_ray.cli import main
 from polyalign_ray.config import (
+    MOVED_KEYS,
     ConfigError,
+    HDPOConfig,
     PolyAlignConfig,
+    SFTConfig,
+    TrainingSection,
     config_from_dict,
     config_to_dict,
     default_config_path,
     load_config,
+)
+from polyalign_ray.config_reference import (
+    config_fields,
+    config_reference_markdown,
+    explained_yaml,
+    field_help,
 )
 
 
@@ -126,18 +137,18 @@ def test_hdpo_bad_config_fails_before_ray(capsys: pytest.CaptureFixture[str], mo
         "hdpo",
         "--mode",
         "online",
-        "hdpo.rollout_depth=4",
-        "hdpo.sync_every=2",
-        "hdpo.max_staleness=3",
-        "hdpo.generation_backend=vllm",
+        "hdpo.online.rollout_depth=4",
+        "hdpo.online.sync_every=2",
+        "hdpo.online.max_staleness=3",
+        "hdpo.online.generation_backend=vllm",
         "hdpo.weight_min=2",
         "hdpo.weight_max=1",
         "hdpo.beta=0",
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "hdpo.max_staleness (3) is below rollout_depth + sync_every - 1 (5)" in err
-    assert "hdpo.generation_backend must be 'hf' or 'package.module:ClassName', got 'vllm'" in err
+    assert "hdpo.online.max_staleness (3) is below rollout_depth + sync_every - 1 (5)" in err
+    assert "hdpo.online.generation_backend must be 'hf' or 'package.module:ClassName', got 'vllm'" in err
     assert "0 < weight_min <= weight_max, got 2.0 and 1.0" in err
     assert "hdpo.beta must be > 0, got 0.0" in err
 
@@ -194,3 +205,52 @@ def test_dotted_overrides_still_parse_yaml_and_win_over_flags(monkeypatch) -> No
         (0, 1, 2),
     )
     assert main(["pipeline", "--seeds", "0"]) == 2
+
+
+def test_every_key_has_help_and_the_explained_yaml_loads_back() -> None:
+    config = load_config(None, ["sampler.alpha=0.5", "hdpo.online.rollout_depth=3", "pipeline.seeds=[0, 1]"])
+    fields = config_fields(config)
+    assert len(fields) >= 200 and not [key for key, _, text in fields if not text]
+    assert config_from_dict(yaml.safe_load(explained_yaml(config))) == config
+    # a stage that only redeclares a default keeps the shared group's help
+    assert field_help(HDPOConfig)["lr"] == field_help(SFTConfig)["lr"] == "Peak learning rate of AdamW."
+
+
+def test_docs_configuration_md_is_generated_from_the_dataclasses() -> None:
+    """docs/configuration.md is what ``polyalign config --markdown`` prints: regenerate it after changing a field."""
+    committed = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert committed.read_text(encoding="utf-8") == config_reference_markdown(), (
+        "docs/configuration.md is stale: run `.venv/bin/polyalign config --markdown > docs/configuration.md`"
+    )
+
+
+def test_sft_and_hdpo_share_one_definition_of_their_training_keys() -> None:
+    shared = {f.name for f in dataclasses.fields(TrainingSection)}
+    assert {
+        "lr",
+        "micro_batch_size",
+        "num_workers",
+        "zero_stage",
+        "checkpoint_every",
+        "max_failures",
+    } <= shared
+    assert shared <= {f.name for f in dataclasses.fields(SFTConfig)} & {
+        f.name for f in dataclasses.fields(HDPOConfig)
+    }
+    config = load_config(None, ["sft.micro_batch_size=3", "sft.grad_accum_steps=2", "hdpo.lr=0.01"])
+    assert config.sft.rank_batch_size == 6 and config.sft.global_batch_size(4) == 24
+    assert (config.sft.lr, config.hdpo.lr, config.hdpo.warmup_steps, config.sft.epochs) == (
+        1e-3,
+        0.01,
+        5,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize("old", sorted(MOVED_KEYS))
+def test_moved_keys_are_refused_with_the_new_name(old: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{old}=2"])
+    assert info.value.problems == [f"{old!r} moved to {MOVED_KEYS[old]!r}: write {MOVED_KEYS[old]}=2"]
+    key = MOVED_KEYS[old].rsplit(".", 1)[1]
+    assert key in {f.name for f in dataclasses.fields(type(load_config().hdpo.online))}

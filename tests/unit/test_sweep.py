@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from polyalign_ray.config import SWEEP_METRICS, ConfigError, load_config
+from polyalign_ray.config import SWEEP_METRICS, ConfigError, PolyAlignConfig, load_config
 from polyalign_ray.distributed.tune_trials import (
     SweepPlan,
     concurrent_trials,
@@ -18,13 +18,12 @@ from polyalign_ray.distributed.tune_trials import (
     trial_resources,
     tune_domain,
 )
+from polyalign_ray.sweep_domains import Domain, config_key_problem, parse_domain
 from polyalign_ray.sweep_space import (
-    Domain,
     best_trial,
-    config_key_problem,
     config_with,
-    parse_domain,
     plot_objective,
+    space_value_problems,
     swept_sections,
     trial_label,
     write_best_config,
@@ -58,14 +57,14 @@ def test_parse_domain_rejects_with_the_fix(spec, fragment) -> None:
 
 
 def test_config_key_problem() -> None:
-    assert config_key_problem("hdpo.reg_lambda") is None
-    assert config_key_problem("model.lora.r") is None
-    assert config_key_problem("sampler.multipliers.zh|multi|dialogue|short") is None
-    assert "no key 'reg_lambdaa'" in config_key_problem("hdpo.reg_lambdaa")
-    assert "whole section" in config_key_problem("hdpo")
-    assert "not swept" in config_key_problem("ray.num_cpus")
-    assert "output folders" in config_key_problem("hdpo.output_dir")
-    assert "is a value" in config_key_problem("hdpo.beta.x")
+    assert config_key_problem("hdpo.reg_lambda", PolyAlignConfig) is None
+    assert config_key_problem("model.lora.r", PolyAlignConfig) is None
+    assert config_key_problem("sampler.multipliers.zh|multi|dialogue|short", PolyAlignConfig) is None
+    assert "no key 'reg_lambdaa'" in config_key_problem("hdpo.reg_lambdaa", PolyAlignConfig)
+    assert "whole section" in config_key_problem("hdpo", PolyAlignConfig)
+    assert "not swept" in config_key_problem("ray.num_cpus", PolyAlignConfig)
+    assert "output folders" in config_key_problem("hdpo.output_dir", PolyAlignConfig)
+    assert "is a value" in config_key_problem("hdpo.beta.x", PolyAlignConfig)
 
 
 def test_bad_sweep_config_names_every_key() -> None:
@@ -92,6 +91,27 @@ def test_config_with_applies_dotted_values_like_overrides() -> None:
     assert trial.hdpo.output_dir == "/x/hdpo"
     assert trial.hdpo.beta == base.hdpo.beta
     assert swept_sections({"hdpo.beta": [1], "sampler.alpha": [0]}) == {"hdpo", "sampler"}
+
+
+def test_sweep_values_are_checked_before_any_trial() -> None:
+    """A value no config accepts (hdpo.lr 0, a negative bound of a range) is refused up front, naming the value."""
+    base = load_config()
+    space = {"hdpo.lr": [0.001, 0.0], "hdpo.beta": {"uniform": [-0.5, 0.2]}, "sampler.alpha": [0.0, 1.0]}
+    problems = space_value_problems(base, space)
+    assert problems == [
+        "sweep.space.hdpo.lr value 0.0: hdpo.lr must be > 0, got 0.0",
+        "sweep.space.hdpo.beta value -0.5: hdpo.beta must be > 0, got -0.5; METHOD.md uses 0.1",
+    ]
+    assert space_value_problems(base, {"hdpo.lr": [0.001, 0.003]}) == []
+
+
+def test_config_error_survives_pickling_as_ray_moves_it() -> None:
+    """Ray re-raises a trial's exception in the driver through pickle: the problems must stay lines, not characters."""
+    import pickle
+
+    error = ConfigError(["a.b must be > 0, got 0", "c.d is unknown"])
+    again = pickle.loads(pickle.dumps(error))
+    assert again.problems == error.problems and str(again) == str(error)
 
 
 def test_plan_shares_the_stages_the_space_does_not_reach(tmp_path: Path) -> None:
@@ -226,3 +246,28 @@ def test_seeded_sweep_config_errors_name_the_fix() -> None:
     assert "sweep.seeds needs sweep.search grid or random" in text
     assert "sweep.seeds must be distinct" in text
     assert "sweep.min_utility_ratio needs sweep.baseline" in text
+
+
+def test_asha_config_errors_name_the_fix_and_the_scheduler_judges_its_own_metric() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from polyalign_ray.distributed.tune_trials import early_stop_key, scheduler, swept_training_stage
+
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["sweep.scheduler=asha", "sweep.seeds=[0, 1]", "sweep.reduction_factor=1"])
+    text = str(error.value)
+    assert "sweep.scheduler=asha would stop single seeds of a point" in text
+    assert "sweep.reduction_factor > 1" in text
+    config = load_config(None, ["sweep.scheduler=asha", "sweep.early_stop_metric=distance/expected"])
+    made = scheduler(config)
+    assert (
+        isinstance(made, ASHAScheduler)
+        and made.metric == early_stop_key(config.sweep) == "train/distance/expected"
+    )
+    assert scheduler(load_config(None, [])) is None  # fifo: every trial to its end
+    assert (
+        swept_training_stage(SweepPlan(prefix=("data", "sft"), trial=("critic", "hdpo", "eval_hdpo")))
+        == "hdpo"
+    )
+    with pytest.raises(ValueError, match="needs a training stage"):
+        swept_training_stage(SweepPlan(prefix=("data", "sft", "critic", "hdpo"), trial=("eval_hdpo",)))

@@ -83,3 +83,30 @@ def test_bad_backends_are_config_errors_that_name_the_fix() -> None:
     with pytest.raises(ConfigError, match="pip install wandb"):
         load_config(None, ["tracking.backends=[wandb]"])
     assert load_config(None, ["tracking.backends=[]"]).tracking.backends == ()
+
+
+def open_backend_after(barrier, root: str, queue) -> None:
+    """A child process: wait until every sibling is ready, then open the tracker on a fresh root at once."""
+    barrier.wait()
+    try:
+        queue.put(MLflowBackend("", "race", Path(root)).experiment_id)
+    except Exception as error:  # reported to the parent, which fails the test with it
+        queue.put(f"{type(error).__name__}: {error}")
+
+
+def test_stages_opening_a_fresh_mlflow_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """Seeds and sweep trials start their stages together in separate processes: without the creation lock, two
+    clients migrate the new sqlite schema at once and one fails ("duplicate column name"), dropping its run."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(3), context.Queue()
+    children = [
+        context.Process(target=open_backend_after, args=(barrier, str(tmp_path), queue)) for _ in range(3)
+    ]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    assert len(set(results)) == 1 and str(results[0]).isdigit(), results
