@@ -51,7 +51,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -68,19 +67,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BUSY_OTHER_WARNING = 0.2  # cores used by other processes above which a figure is flagged in the report
 
 
@@ -91,24 +80,7 @@ def system_busy_s() -> float:
     """CPU seconds the whole machine has been busy (user, nice, system, irq, softirq; not idle, iowait, steal)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / CLK_TCK
-
-
-def read_procs() -> dict[int, tuple[int, float, str]]:
-    """pid -> (ppid, CPU seconds used so far, command name) of every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-            rest = data[data.rfind(")") + 2 :].split()
-            name = data[data.find("(") + 1 : data.rfind(")")]
-            out[int(entry)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK, name)
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / harness.CLK_TCK
 
 
 def cpu_probe() -> float:
@@ -136,22 +108,13 @@ class Meter:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self, initial: bool = False) -> None:
-        procs = read_procs()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        tree, stack = set(), [self.root]
-        while stack:
-            pid = stack.pop()
-            if pid not in tree:
-                tree.add(pid)
-                stack.extend(children.get(pid, []))
-        self.ours |= tree
+        procs = harness.read_processes()
+        self.ours |= harness.process_tree(procs, self.root)
         for pid in self.ours:
             if pid in procs:
-                self.first.setdefault(pid, procs[pid][1] if initial else 0.0)
-                self.last[pid] = procs[pid][1]
-                self.names[pid] = procs[pid][2]
+                self.first.setdefault(pid, procs[pid].cpu_s if initial else 0.0)
+                self.last[pid] = procs[pid].cpu_s
+                self.names[pid] = procs[pid].name
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -248,24 +211,35 @@ ZH_END = ["。", "。", "。", "！", "？"]
 ZH_NUMERALS = "一二三四五六七八九十"
 
 
-def en_sentence(rng: random.Random, lo: int, hi: int) -> str:
-    words = [rng.choice(EN_WORDS) for _ in range(rng.randint(lo, hi))]
-    if len(words) > 6 and rng.random() < 0.4:
-        words[rng.randrange(2, len(words) - 2)] += ","
+def sentence_words(
+    rng: random.Random,
+    vocabulary: list[str],
+    lo: int,
+    hi: int,
+    *,
+    comma: str,
+    comma_after: int,
+    comma_share: float,
+) -> list[str]:
+    """The words of one sentence of ``lo``-``hi`` words, with a comma inside (in ``comma_share`` of sentences
+    longer than ``comma_after`` words) and a number (in 10%): the draws both languages make, in the same order."""
+    words = [rng.choice(vocabulary) for _ in range(rng.randint(lo, hi))]
+    if len(words) > comma_after and rng.random() < comma_share:
+        words[rng.randrange(2, len(words) - 2)] += comma
     if rng.random() < 0.1:
         words.insert(rng.randrange(len(words)), str(rng.randint(2, 500)))
-    text = " ".join(words)
+    return words
+
+
+def en_sentence(rng: random.Random, lo: int, hi: int) -> str:
+    text = " ".join(sentence_words(rng, EN_WORDS, lo, hi, comma=",", comma_after=6, comma_share=0.4))
     if rng.random() < 0.3:
         text = f"{rng.choice(EN_OPENERS)}, {text}"
     return text[0].upper() + text[1:] + rng.choice(EN_END)
 
 
 def zh_sentence(rng: random.Random, lo: int, hi: int) -> str:
-    words = [rng.choice(ZH_WORDS) for _ in range(rng.randint(lo, hi))]
-    if len(words) > 5 and rng.random() < 0.5:
-        words[rng.randrange(2, len(words) - 2)] += "，"
-    if rng.random() < 0.1:
-        words.insert(rng.randrange(len(words)), str(rng.randint(2, 500)))
+    words = sentence_words(rng, ZH_WORDS, lo, hi, comma="，", comma_after=5, comma_share=0.5)
     return "".join(words) + rng.choice(ZH_END)
 
 
@@ -918,15 +892,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    for key, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    harness.set_default_env(harness.RAY_LOCAL_ENV)
     import ray
     import torch
 
     from polyalign_ray.schema import count_length_tokens
 
     run_start = time.perf_counter()
-    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    date = harness.local_timestamp()
     command = shlex.join([".venv/bin/python", os.path.relpath(__file__, Path.cwd()), *argv])
     with open("/proc/cpuinfo") as f:
         cpu_model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")

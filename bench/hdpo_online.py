@@ -40,39 +40,20 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
-for _key, _value in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "DS_ACCELERATOR": "cpu",
-}.items():
-    os.environ.setdefault(_key, _value)
+import harness
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from sft_scaling import process_tree, read_procs, system_busy_s, wait_for_quiet  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+harness.set_default_env(harness.RAY_LOCAL_ENV)  # before Ray is imported (in main)
 
 VARIANTS: dict[str, list[str]] = {
     "offline": ["hdpo.mode=offline"],
@@ -113,21 +94,18 @@ def process_role(pid: int, root: int) -> str:
     return "ray_daemons"  # raylet, gcs_server, log monitor, agents, ...
 
 
-class RoleSampler:
+class RoleSampler(harness.ProcessSampler):
     """Every ``interval`` s: CPU seconds of each process of this tree (attributed to its current role) and of the
     rest of the machine, and the line count of ``metrics_path``."""
 
     def __init__(self, metrics_path: Path, interval: float = 0.5):
+        super().__init__(interval)
         self.metrics_path = metrics_path
-        self.interval = interval
-        self.root = os.getpid()
         self.prev: dict[int, float] = {}
         self.role_cpu: dict[str, float] = {}
         self.other_cpu = 0.0
         self.snapshots: list[dict[str, Any]] = []
         self.peak_tree_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _lines(self) -> int:
         try:
@@ -137,9 +115,10 @@ class RoleSampler:
             return 0
 
     def _sample(self, initial: bool = False) -> None:
-        procs = read_procs()
-        tree = process_tree(procs, self.root)
-        for pid, (_, cpu, _) in procs.items():
+        procs = harness.read_processes()
+        tree = harness.process_tree(procs, self.root)
+        for pid, proc in procs.items():
+            cpu = proc.cpu_s
             delta = cpu - self.prev.get(pid, cpu if initial else 0.0)
             self.prev[pid] = cpu
             if delta <= 0:
@@ -149,32 +128,16 @@ class RoleSampler:
                 self.role_cpu[role] = self.role_cpu.get(role, 0.0) + delta
             else:
                 self.other_cpu += delta
-        self.peak_tree_rss = max(self.peak_tree_rss, sum(procs[p][2] for p in tree if p in procs))
+        self.peak_tree_rss = max(self.peak_tree_rss, sum(procs[p].rss_bytes for p in tree if p in procs))
         self.snapshots.append(
             {
                 "t": time.perf_counter(),
                 "lines": self._lines(),
                 "roles": dict(self.role_cpu),
                 "other": self.other_cpu,
-                "busy": system_busy_s(),
+                "busy": harness.system_busy_s(),
             }
         )
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> RoleSampler:
-        self.t0 = time.perf_counter()
-        self._sample(initial=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        self.wall = time.perf_counter() - self.t0
 
     def window(self, first_line: int, last_line: int) -> dict[str, Any] | None:
         """Cores by role between the first snapshot that saw ``first_line`` metrics lines and the first that saw
@@ -474,6 +437,12 @@ def fmt(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
+def describe_busy(d: dict) -> str:
+    """A discarded busy run, as the report lists it."""
+    cores = (d["load_timed"] or {}).get("other_procs_cores")
+    return f"{d['variant']} repeat {d['repeat']}: {d['step_s_median']:.3f} s/step with {cores} cores busy"
+
+
 def render(
     args, argv, rows: list[dict], info: dict, prep: dict, date: str, discarded: list[dict], probe: list[dict]
 ) -> str:
@@ -592,23 +561,7 @@ def render(
                 f"| {p['tokenize_s']:.3f} | {p['reference_logps_s']:.3f} | {p['critic_score_s']:.3f} "
                 f"| {fmt(p.get('other_procs_cores'), 2)} |"
             )
-    if discarded:
-        lines += [
-            "",
-            f"Runs discarded because other processes used more than {args.busy_limit} cores during their timed "
-            "steps (each was run again): "
-            + "; ".join(
-                f"{d['variant']} repeat {d['repeat']}: {d['step_s_median']:.3f} s/step with "
-                f"{(d['load_timed'] or {}).get('other_procs_cores')} cores busy"
-                for d in discarded
-            )
-            + ".",
-        ]
-    if any(r.get("busy") for r in rows):
-        lines += [
-            "",
-            "**Warning: some kept runs were still busy after all retries; their figures are not clean.**",
-        ]
+    lines += harness.busy_run_lines(rows, discarded, describe_busy, args.busy_limit)
     return "\n".join(lines) + "\n"
 
 
@@ -651,17 +604,9 @@ def parse_args(argv=None):
         type=lambda t: [int(x) for x in t.split(",") if x],
         help="k values to probe",
     )
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
-    ap.add_argument("--quiet-threshold", type=float, default=0.2)
-    ap.add_argument("--quiet-window", type=float, default=10.0)
-    ap.add_argument("--busy-limit", type=float, default=0.25)
-    ap.add_argument("--retries", type=int, default=1)
-    ap.add_argument("--jsonl", default=None)
-    ap.add_argument("--report", default=None)
-    args = ap.parse_args(argv)
-    if not 0 <= args.exclude < args.steps - 1:
-        ap.error("--exclude must be in [0, --steps - 1)")
-    return args
+    harness.add_quiet_options(ap, quiet_threshold=0.2, busy_limit=0.25, retries=1)
+    harness.add_result_options(ap)
+    return harness.parse_with_exclude(ap, argv, timed_at_least=2)
 
 
 def main(argv=None) -> int:
@@ -677,35 +622,17 @@ def main(argv=None) -> int:
         name, _, rest = spec.partition(":")
         variants.append((name, [x for x in rest.split(",") if x]))
     work = Path(args.work).resolve()
-    if REPO in work.parents or work == REPO:
+    if harness.REPO in work.parents or work == harness.REPO:
         raise SystemExit("error: --work must be outside the repository")
     work.mkdir(parents=True, exist_ok=True)
 
-    import deepspeed
+    info = harness.ray_stack_info()
     import ray
-    import torch
 
-    cpu = platform.machine()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_gib = int(f.readline().split()[1]) / 2**20
-    info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "mem_gib": round(mem_gib, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "deepspeed": deepspeed.__version__,
-    }
-    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    date = harness.local_timestamp()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    rows: list[dict] = []
-    discarded: list[dict] = []
+    ledger = harness.RunLedger(args, "hdpo_online", others_only=True)
+    rows, discarded = ledger.kept, ledger.discarded
     try:
         prep = setup(args, work)
         sys.stderr.write(f"[hdpo_online] setup in {work}: {prep}\n")
@@ -714,62 +641,36 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             for name, overrides in variants:
                 for attempt in range(args.retries + 1):
-                    waited = None
-                    if args.wait_quiet > 0:
-                        waited, used = wait_for_quiet(
-                            args.quiet_threshold, args.wait_quiet, args.quiet_window
-                        )
-                        sys.stderr.write(
-                            f"[hdpo_online] waited {waited:.0f}s (other processes {used:.2f} cores) before {name}\n"
-                        )
+                    waited = ledger.wait(name)
                     row = measure(args, work, name, overrides, repeat)
                     row["attempt"] = attempt
                     row["waited_for_quiet_s"] = None if waited is None else round(waited, 1)
                     other = (row["load_timed"] or {}).get("other_procs_cores", 0.0)
-                    busy = other > args.busy_limit
-                    sys.stderr.write(
-                        f"[hdpo_online] {name} r{repeat}: step {row['step_s_median']:.3f} s (median after "
-                        f"{args.exclude}), wait {row.get('wait_s_median')}, other procs {other} cores"
-                        f"{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
-                    )
-                    if not busy or attempt == args.retries:
-                        row["busy"] = busy
-                        rows.append(row)
+                    median = f"{row['step_s_median']:.3f} s (median after {args.exclude})"
+                    progress = f"{name} r{repeat}: step {median}, wait {row.get('wait_s_median')}"
+                    if ledger.file(row, other, attempt, progress):
                         break
-                    discarded.append({**row, "busy": True, "discarded": True})
     finally:
         ray.shutdown()
 
     probe: list[dict] = []
     if args.probe_batches > 0:
-        if args.wait_quiet > 0:
-            waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
-            sys.stderr.write(
-                f"[hdpo_online] waited {waited:.0f}s (other processes {used:.2f} cores) before probe\n"
-            )
-        busy0, t0 = system_busy_s(), time.perf_counter()
+        ledger.wait("probe")
+        busy0, t0 = harness.system_busy_s(), time.perf_counter()
         cpu0 = time.process_time()
         probe = probe_generator(args, work)
         wall = time.perf_counter() - t0
-        other = max(system_busy_s() - busy0 - (time.process_time() - cpu0), 0.0) / wall
+        other = max(harness.system_busy_s() - busy0 - (time.process_time() - cpu0), 0.0) / wall
         for p in probe:
             p["other_procs_cores"] = round(other, 2)
         sys.stderr.write(f"[hdpo_online] generator probe: {probe}\n")
 
     report = render(args, argv, rows, info, prep, date, discarded, probe)
-    print(report)
     summary = {"summary": True, "date": date, "machine": info, "setup": prep, "generator_probe": probe,
                "command": shlex.join(["bench/hdpo_online.py", *argv])}  # fmt: skip
-    for r in rows:
-        print(json.dumps(r))
-    print(json.dumps(summary))
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
-            for r in rows + discarded:
-                f.write(json.dumps({**r, "date": date}) + "\n")
-            f.write(json.dumps(summary) + "\n")
-    if args.report:
-        Path(args.report).write_text(report)
+    harness.publish(
+        args, report, rows, summary, [{**r, "date": date} for r in rows + discarded], ensure_ascii=True
+    )
     return 0
 
 

@@ -53,10 +53,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import itertools
 import json
-import os
 import shlex
 import shutil
 import statistics
@@ -66,11 +63,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import sft_throughput as sftt  # the SFT benchmark's child/report helpers (bench/ is on sys.path as the script's folder)
-from harness import PhaseTimer
 
-REPO = sftt.REPO
 MARKER = "HDPO_THROUGHPUT_JSON "
+TITLE = "HDPO throughput: our HDPO step vs TRL's DPOTrainer (single process, CPU)"
 # DPOConfig's defaults (TRL 1.16), matched on our side
 LEARNING_RATE = 1e-6
 MAX_GRAD_NORM = 1.0
@@ -154,29 +151,16 @@ def build_our_pairs(args, shared_pairs: list[dict], tok, hdpo) -> tuple[list, di
 
 def run_ours(args) -> dict[str, Any]:
     import torch
-
-    torch.set_num_threads(args.threads)
     import transformers
-
-    transformers.logging.set_verbosity_warning()
 
     import polyalign_ray.loops.hdpo as hdpo_module
     from polyalign_ray.config import HDPOConfig
     from polyalign_ray.hdpo_data import reference_sequence_logps
-    from polyalign_ray.loops.checkpoints import LocalCheckpointer
     from polyalign_ray.loops.probe import PHASES
-    from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
 
     reference_mode = args.child_ref
-    shared = sftt.load_shared(Path(args.shared_script))
-    t0 = time.perf_counter()
-    gen = shared.TextGen(args.seed)
-    tok = shared.build_tokenizer(gen, args.seed, args.corpus_sentences)
-    t_tok = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    shared_pairs = shared.build_pairs(gen, tok, args.seed, args.pairs)
-    t_data = time.perf_counter() - t0
-    model = shared.build_model(tok, args.seed)
+    inputs = sftt.build_shared_inputs(args)
+    tok, model = inputs.tokenizer, inputs.model
     n_params = sum(p.numel() for p in model.parameters())
     # The frozen reference is copied before any wrapper is installed on the policy (a deep copy would share it).
     reference = None
@@ -191,25 +175,11 @@ def run_ours(args) -> dict[str, Any]:
     total_steps = args.warmup + args.steps
     scratch = Path(tempfile.mkdtemp(prefix="hdpo_throughput_ours_"))
     hdpo = HDPOConfig(
-        output_dir=str(scratch),
         reference=reference_mode,
-        num_workers=1,
-        micro_batch_size=args.batch_size,
-        grad_accum_steps=1,
-        max_steps=total_steps,
-        lr=LEARNING_RATE,
-        weight_decay=0.0,
-        warmup_steps=0,
-        lr_schedule="linear",
-        min_lr_ratio=0.0,
-        max_grad_norm=MAX_GRAD_NORM,
-        log_every=1,
-        checkpoint_every=0,
-        keep_checkpoints=1,
-        seed=args.seed,
+        **sftt.trl_matched_settings(args, scratch, total_steps, LEARNING_RATE, MAX_GRAD_NORM),
     )
     t0 = time.perf_counter()
-    pairs, data_info = build_our_pairs(args, shared_pairs, tok, hdpo)
+    pairs, data_info = build_our_pairs(args, inputs.pairs, tok, hdpo)
     t_tokenize = time.perf_counter() - t0
 
     t_precompute = None
@@ -225,93 +195,27 @@ def run_ours(args) -> dict[str, Any]:
     source = hdpo_module.OfflinePairSource(
         pairs, pairs_per_rank=args.batch_size, world_size=1, rank=0, seed=args.seed, num_steps=total_steps
     )
-    strategy = LocalStrategy(
-        model,
-        adamw_factory(hdpo.lr, hdpo.weight_decay),
-        scheduler_factory(
-            warmup_steps=hdpo.warmup_steps,
-            total_steps=total_steps,
-            schedule=hdpo.lr_schedule,
-            min_lr_ratio=hdpo.min_lr_ratio,
-        ),
-        max_grad_norm=hdpo.max_grad_norm,
+    strategy = sftt.local_strategy(model, hdpo, total_steps)
+
+    # Phase timing and token counts: the loop's step probe; step stamps (and profiles): its on_log.
+    phases = harness.PhaseTimer()
+    clock = harness.StepClock(args.warmup, total_steps, profile=bool(args.profile))
+
+    loop_args = {"hdpo": hdpo, "total_steps": total_steps, "reference_model": reference}
+    summary, t_train = sftt.timed_loop(
+        hdpo_module.run_hdpo, (strategy, source, tok), loop_args, scratch, clock, phases
     )
 
-    # Phase timing and token counts: the loop's step probe.
-    phases = PhaseTimer()
-
-    profiler = cprofiler = None
-    if args.profile:
-        import cProfile
-
-        import torch.profiler
-
-        cprofiler = cProfile.Profile()
-        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-
-    stamps: list[tuple[float, float, float, float]] = []
-
-    def on_log(line: dict[str, Any]) -> None:
-        stamps.append((time.perf_counter(), sftt.cpu_s(), sftt.system_busy_s(), os.getloadavg()[0]))
-        if args.profile and len(stamps) == args.warmup:
-            profiler.start()
-            cprofiler.enable()
-        if args.profile and len(stamps) == total_steps:
-            cprofiler.disable()
-            profiler.stop()
-
-    t0 = time.perf_counter()
-    summary = hdpo_module.run_hdpo(
-        strategy,
-        source,
-        tok,
-        hdpo=hdpo,
-        total_steps=total_steps,
-        output_dir=scratch,
-        checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
-        reference_model=reference,
-        on_log=on_log,
-        probe=phases,
-    )
-    t_train = time.perf_counter() - t0
-
-    if len(stamps) != total_steps:
-        raise RuntimeError(f"expected {total_steps} step stamps, got {len(stamps)}")
-    # interval k (0-based) = step k+2 (stamp k -> stamp k+1); the timed steps are warmup+1 .. warmup+steps
-    dts = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
-    others = [max((b[2] - a[2]) - (b[1] - a[1]), 0.0) / (b[0] - a[0]) for a, b in itertools.pairwise(stamps)]
-    timed = dts[args.warmup - 1 :]
-    timed_others = others[args.warmup - 1 :]
-    quiet = [t for t, o in zip(timed, timed_others, strict=True) if o <= args.quiet_threshold]
-    batches = phases.batches
-    real = [b[0] for b in batches[args.warmup : total_steps]]
-    padded = [b[1] for b in batches[args.warmup : total_steps]]
-    trained = [b[2] for b in batches[args.warmup : total_steps]]
-    med = statistics.median(timed)
-    sum_t = sum(timed)
-    first, last = stamps[args.warmup - 1], stamps[total_steps - 1]
-    timed_cpu = last[1] - first[1]
-    other_cpu = last[2] - first[2] - timed_cpu
-    metrics = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
-    loop_step_s = [m["step_seconds"] for m in metrics[args.warmup : total_steps]]
     phase_names = [n for n in PHASES if any(n in step for step in phases.steps)]
-    phase_median = {
-        name: round(statistics.median(s.get(name, 0.0) for s in phases.steps[args.warmup : total_steps]), 4)
-        for name in phase_names
-    }
-    phase_median["other"] = round(med - sum(phase_median.values()), 4)
+    steps = harness.TimedSteps(clock, phases, scratch / "metrics.jsonl", phase_names, args.quiet_threshold)
+    med, sum_t, metrics = steps.median, steps.total, steps.metrics
     steps_per_epoch = -(-len(pairs) // args.batch_size)
 
     result = {
         "side": "ours",
         "trainer": f"polyalign run_hdpo + LocalStrategy, reference {reference_mode}",
         "reference": reference_mode,
-        "format": "chat template (ChatML) via polyalign_ray.prompting.render_prompt",
-        "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "gradient_checkpointing": gradient_checkpointing,
-        "optim": "torch.optim.AdamW (adamw_factory: betas 0.9/0.95, fused)",
+        **sftt.our_settings_fields(args, gradient_checkpointing),
         "learning_rate": LEARNING_RATE,
         "hdpo": {
             k: getattr(hdpo, k)
@@ -327,34 +231,12 @@ def run_ours(args) -> dict[str, Any]:
             )
         },
         "data": data_info,
-        "warmup_steps_excluded": args.warmup,
-        "timed_steps": len(timed),
-        "sec_per_step_median": round(med, 4),
-        "sec_per_step_mean": round(sum_t / len(timed), 4),
-        "sec_per_step_min": round(min(timed), 4),
-        "sec_per_step_max": round(max(timed), 4),
-        "sec_per_step_stdev": round(statistics.stdev(timed), 4) if len(timed) > 1 else 0.0,
+        **steps.interval_fields(),
         "sec_per_pair_median": round(med / args.batch_size, 4),
-        "loop_step_seconds_median": round(statistics.median(loop_step_s), 4),
+        "loop_step_seconds_median": round(statistics.median(steps.loop_step_seconds()), 4),
         "pairs_per_s": round(args.batch_size / med, 3),
-        "pairs_per_s_mean_based": round(args.batch_size * len(timed) / sum_t, 3),
-        "tokens_per_s": round(sum(real) / sum_t, 1),
-        "tokens_per_s_median_based": round(statistics.mean(real) / med, 1),
-        "tokens_per_step_mean": round(statistics.mean(real), 1),
-        "padded_tokens_per_step_mean": round(statistics.mean(padded), 1),
-        "pad_fraction": round(1 - sum(real) / sum(padded), 4),
-        "loss_tokens_per_s": round(sum(trained) / sum_t, 1),
-        "sequences_per_step": batches[0][3],
-        "phase_seconds_median": phase_median,
-        "cpu_util_timed": round(timed_cpu / sum_t, 2),
-        "other_procs_cpu_util_timed": round(max(other_cpu, 0.0) / sum_t, 2),
-        "loadavg_1m_timed_start_end": [round(first[3], 2), round(last[3], 2)],
-        "quiet_threshold_cores": args.quiet_threshold,
-        "quiet_steps": len(quiet),
-        "sec_per_step_median_quiet": round(statistics.median(quiet), 4) if quiet else None,
-        "other_procs_cores_per_step": [round(o, 2) for o in others],
-        "peak_rss_mib": round(sftt.peak_rss_mib(), 1),
-        "train_wall_s": round(t_train, 2),
+        "pairs_per_s_mean_based": round(args.batch_size * len(steps.timed) / sum_t, 3),
+        **steps.token_and_load_fields(t_train),
         "precompute_ref_s": None if t_precompute is None else round(t_precompute, 2),
         "precompute_ref_s_per_pair": None if t_precompute is None else round(t_precompute / len(pairs), 4),
         "steps_per_epoch": steps_per_epoch,
@@ -366,17 +248,17 @@ def run_ours(args) -> dict[str, Any]:
             for k in ("loss", "preference_loss", "regularizer", "sft_loss", "rewards/margins", "weights/mean")
         },
         "last_logged": {k: metrics[-1][k] for k in ("loss", "rewards/accuracy", "rewards/margins")},
-        "tokenizer_train_s": round(t_tok, 2),
-        "data_build_s": round(t_data, 2),
+        "tokenizer_train_s": round(inputs.tokenizer_train_s, 2),
+        "data_build_s": round(inputs.data_build_s, 2),
         "tokenize_pairs_s": round(t_tokenize, 2),
         "model_params": n_params,
-        "step_times_s": [round(x, 4) for x in dts],
+        "step_times_s": [round(x, 4) for x in steps.dts],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "summary_pairs_seen": summary["pairs_seen"],
     }
     if args.profile:
         result["profile_files"] = sftt.write_profiles(
-            Path(args.profile), cprofiler, profiler, f"{args.child_gc}_hdpo_{reference_mode}"
+            Path(args.profile), clock.cprofiler, clock.profiler, f"{args.child_gc}_hdpo_{reference_mode}"
         )
     shutil.rmtree(scratch, ignore_errors=True)
     return result
@@ -387,16 +269,6 @@ def run_ours(args) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--trl-python",
-        default=str(sftt.DEFAULT_TRL_PYTHON),
-        help=f"Python with trl installed (default {sftt.DEFAULT_TRL_PYTHON.relative_to(REPO)})",
-    )
-    ap.add_argument(
-        "--shared-script",
-        default=str(sftt.DEFAULT_SHARED),
-        help="the shared TRL baseline (default ../shared/bench/trl_baseline.py from the repo root)",
-    )
     ap.add_argument("--trl", default="dpo,dpo_precompute", help="TRL trainers: dpo, dpo_precompute")
     ap.add_argument(
         "--trl-gc", default="on", help="TRL gradient checkpointing: on (TRL's default), off, or on,off"
@@ -407,42 +279,20 @@ def parse_args(argv=None):
     ap.add_argument(
         "--ours-gc", default="off", help="our gradient checkpointing: off (our default), on, or off,on"
     )
-    ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
-    ap.add_argument("--repeats", type=int, default=1, help="the whole set this many times, interleaved")
-    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default 20)")
-    ap.add_argument(
-        "--warmup", type=int, default=2, help="optimizer steps excluded from timing (default 2, >= 1)"
-    )
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides (default 2)")
-    ap.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
-    ap.add_argument("--max-length", type=int, default=384)
-    ap.add_argument("--pairs", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--corpus-sentences", type=int, default=60000)
-    ap.add_argument("--quiet-threshold", type=float, default=0.15)
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
-    ap.add_argument("--quiet-window", type=float, default=10.0)
-    ap.add_argument("--busy-limit", type=float, default=0.25)
-    ap.add_argument("--retries", type=int, default=2)
+    sftt.add_comparison_options(ap, batch_size_help="pairs per step (default 8)")
+    harness.add_quiet_options(ap, quiet_threshold=0.15, busy_limit=0.25, retries=2)
     ap.add_argument(
         "--profile", default=None, metavar="DIR", help="one extra profiled run of ours (precompute)"
     )
-    ap.add_argument("--logs", default=None, metavar="DIR")
-    ap.add_argument("--jsonl", default=None)
-    ap.add_argument("--report", default=None)
     ap.add_argument(
         "--render-from",
         default=None,
         metavar="JSONL",
         help="only re-render the report of the last recorded run in JSONL (its command's settings)",
     )
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
+    sftt.add_output_options(ap)
     ap.add_argument("--child-ref", default="precompute", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.warmup < 1:
-        ap.error("--warmup must be >= 1")
-    return args
+    return sftt.checked_args(ap, argv)
 
 
 def run_label(r: dict) -> str:
@@ -536,17 +386,18 @@ def ratios(agg: dict[str, dict], args) -> list[dict[str, Any]]:
     return out
 
 
+def describe_busy(d: dict) -> str:
+    """A discarded busy run, as the report lists it."""
+    cores = d["other_procs_cpu_util_timed"]
+    return (
+        f"{run_label(d)} repeat {d['repeat']}: {d['sec_per_step_median']:.3f} s/step with {cores} cores busy"
+    )
+
+
 def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
-    fmt = sftt.fmt
-    lines = ["# HDPO throughput: our HDPO step vs TRL's DPOTrainer (single process, CPU)", ""]
+    fmt = harness.fmt
+    lines = harness.report_preamble(TITLE, "bench/hdpo_throughput.py", argv, info, load)
     lines += [
-        f"- Date: {load['date']}",
-        f"- Command: `{shlex.join(['.venv/bin/python', 'bench/hdpo_throughput.py', *argv])}`",
-        f"- Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['mem_gib']} GiB, "
-        f"Python {info['python']}",
-        f"- Load: 1-min load average {load['loadavg_before']} before, {load['loadavg_after']} after; machine CPU "
-        f"use before the first run {load['machine_cores_before']} cores; other processes' CPU during each run's "
-        "timed steps is in the table (cores; ~0 means quiet).",
         f"- Settings: {args.steps} timed steps after {args.warmup} warm-up steps, {args.batch_size} pairs per step "
         f"({2 * args.batch_size} sequences), max_length {args.max_length}, {args.threads} torch threads, fp32, "
         f"seed {args.seed}, {args.pairs} pairs, lr {LEARNING_RATE} linear, no warmup, clip {MAX_GRAD_NORM}; TRL "
@@ -603,15 +454,7 @@ def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
         for r in ours[1:]:
             names += [n for n in r["phase_seconds_median"] if n not in names]
         names = [n for n in names if n != "other"] + ["other"]
-        lines += ["", "Our step, by phase (median seconds over the timed steps):", ""]
-        lines.append("| run | " + " | ".join(names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        for r in ours:
-            lines.append(
-                f"| {run_label(r)} (repeat {r['repeat']}) | "
-                + " | ".join(fmt(r["phase_seconds_median"].get(n), 4) for n in names)
-                + " |"
-            )
+        lines += harness.phase_table(ours, names, run_label)
         lines += [
             "",
             "Phases (the loop's step probe, `loops/probe.py`): `batch` the pair sampler and the 2B-row collate, "
@@ -628,32 +471,8 @@ def render_report(args, argv, runs, info, load, agg, rats, discarded) -> str:
             f"{r['data']['weight_min_max']}); sequence tokens mean {r['data']['sequence_tokens_mean']}, max "
             f"{r['data']['sequence_tokens_max']}. First logged step of {run_label(r)}: {r['first_logged']}.",
         ]
-    trl = [r for r in runs if r["side"] == "trl"]
-    if trl:
-        v = trl[0].get("versions", {})
-        lines += [
-            "",
-            f"TRL side: trl {v.get('trl')}, transformers {v.get('transformers')}, torch {v.get('torch')}, "
-            f"accelerate {v.get('accelerate')}, datasets {v.get('datasets')}; optimizer {trl[0].get('optim')}, "
-            f"learning rate {trl[0].get('learning_rate')}.",
-        ]
-    if discarded:
-        lines += [
-            "",
-            f"Runs discarded because other processes used more than {args.busy_limit} cores during their timed "
-            "steps (each was run again): "
-            + "; ".join(
-                f"{run_label(d)} repeat {d['repeat']}: {d['sec_per_step_median']:.3f} s/step with "
-                f"{d['other_procs_cpu_util_timed']} cores busy"
-                for d in discarded
-            )
-            + ".",
-        ]
-    if any(r.get("busy") for r in runs):
-        lines += [
-            "",
-            "**Warning: some kept runs were still busy after all retries; their figures are not clean.**",
-        ]
+    lines += sftt.trl_side_lines(runs, learning_rate=True)
+    lines += harness.busy_run_lines(runs, discarded, describe_busy, args.busy_limit)
     return "\n".join(lines) + "\n"
 
 
@@ -687,25 +506,11 @@ def main(argv=None) -> int:
     if args.render_from:
         return render_from(Path(args.render_from), args.report)
     if args.child == "ours":
-        for k, v in sftt.OFFLINE_ENV.items():
-            os.environ.setdefault(k, v)
-        result = run_ours(args)
-        sys.stdout.write(MARKER + json.dumps(result, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        return 0
+        return sftt.child_main(run_ours, args, MARKER)
 
-    shared_path = Path(args.shared_script).resolve()
-    sftt.load_shared(shared_path)
-    trl_python = Path(args.trl_python)
-    if not trl_python.is_absolute():
-        trl_python = REPO / trl_python
+    shared_path, trl_python = sftt.trl_paths(args)
     plan: list[tuple[str, str, str]] = []  # (side, trainer or reference mode, gc)
     if not args.skip_trl:
-        if not trl_python.exists():
-            raise SystemExit(
-                f"error: no Python at {trl_python} (--trl-python). Create the TRL venv (bench/README.md) or pass "
-                "--skip-trl for our side alone."
-            )
         for gc in (g.strip() for g in args.trl_gc.split(",") if g.strip()):
             plan += [("trl", t.strip(), gc) for t in args.trl.split(",") if t.strip()]
     for gc in (g.strip() for g in args.ours_gc.split(",") if g.strip()):
@@ -715,30 +520,13 @@ def main(argv=None) -> int:
         if what not in valid or gc not in ("on", "off"):
             raise SystemExit(f"error: unknown {side} run {what!r} / GC {gc!r} ({', '.join(valid)}; on, off)")
 
-    log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="hdpo_throughput_logs_"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = sftt.child_env(args)
-    info = sftt.machine_info()
-    load = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-        "machine_cores_before": round(sftt.machine_cpu_util(2.0), 2),
-    }
-    sys.stderr.write(f"[hdpo_throughput] logs in {log_dir}; load {load}\n")
-    runs: list[dict] = []
-    discarded: list[dict] = []
+    log_dir, env, info, load, ledger = sftt.start_parent(args, "hdpo_throughput")
+    runs, discarded = ledger.kept, ledger.discarded
     for repeat in range(args.repeats):
         for side, what, gc in plan:
             config = f"{side}_{what}_gc_{gc}"
             for attempt in range(args.retries + 1):
-                waited = None
-                if args.wait_quiet > 0:
-                    waited, used = sftt.wait_for_quiet(
-                        args.quiet_threshold, args.wait_quiet, args.quiet_window
-                    )
-                    sys.stderr.write(
-                        f"[hdpo_throughput] waited {waited:.0f}s (machine {used:.2f} cores) before {config}\n"
-                    )
+                waited = ledger.wait(config)
                 log_path = log_dir / f"{config}_r{repeat}_a{attempt}.log"
                 t0 = time.perf_counter()
                 if side == "trl":
@@ -755,30 +543,18 @@ def main(argv=None) -> int:
                     sys.stderr.write(f"[hdpo_throughput] {config} failed; log: {log_path}\n")
                     return 1
                 result.update(
-                    run_date=load["date"],
-                    config=config,
-                    repeat=repeat,
-                    attempt=attempt,
-                    process_wall_s=round(time.perf_counter() - t0, 1),
-                    waited_for_quiet_s=None if waited is None else round(waited, 1),
+                    run_date=load["date"], **sftt.attempt_fields(config, repeat, attempt, t0, waited)
                 )
-                busy = result["other_procs_cpu_util_timed"] > args.busy_limit
-                sys.stderr.write(
-                    f"[hdpo_throughput] {run_label(result)}: {result['sec_per_step_median']:.3f} s/step, "
-                    f"{result['tokens_per_s']:.0f} tokens/s, precompute {result.get('precompute_ref_s')} s, other "
-                    f"procs {result['other_procs_cpu_util_timed']} cores, process {result['process_wall_s']} s"
-                    f"{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
+                progress = (
+                    f"{run_label(result)}: {result['sec_per_step_median']:.3f} s/step, "
+                    f"{result['tokens_per_s']:.0f} tokens/s, precompute {result.get('precompute_ref_s')} s, "
+                    f"process {result['process_wall_s']} s"
                 )
-                if not busy or attempt == args.retries:
-                    result["busy"] = busy
-                    runs.append(result)
-                else:
-                    result = {**result, "busy": True, "discarded": True}
-                    discarded.append(result)
+                kept = ledger.file(result, result["other_procs_cpu_util_timed"], attempt, progress)
                 if args.jsonl:  # each run as soon as it ends (an interrupted benchmark keeps its runs)
                     with open(args.jsonl, "a") as f:
-                        f.write(json.dumps(result, ensure_ascii=False) + "\n")
-                if not result.get("discarded"):
+                        f.write(json.dumps(runs[-1] if kept else discarded[-1], ensure_ascii=False) + "\n")
+                if kept:
                     break
     profile_run = None
     if args.profile:
@@ -788,32 +564,16 @@ def main(argv=None) -> int:
         profile_run = sftt.run_child(cmd, env, log_dir / "ours_profile.log", MARKER)
         if profile_run is not None:
             sys.stderr.write(f"[hdpo_throughput] profiles: {profile_run.get('profile_files')}\n")
-    load["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    load["loadavg_after"] = harness.loadavg_rounded()
     agg = aggregate(runs)
     rats = ratios(agg, args)
-    summary = {
-        "summary": True,
-        "date": load["date"],
-        "machine": info,
-        "load": load,
-        "aggregate": agg,
-        "ratios_ours_over_trl_time": rats,
-        "discarded_busy_runs": [
-            (d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded
-        ],
-        "profile_files": profile_run.get("profile_files") if profile_run else None,
-        "command": shlex.join(["bench/hdpo_throughput.py", *argv]),
-    }
+    profile_files = profile_run.get("profile_files") if profile_run else None
+    summary = sftt.summary_line(
+        "hdpo_throughput.py", argv, info, load, agg, {"ratios_ours_over_trl_time": rats}, discarded,
+        profile_files=profile_files,
+    )  # fmt: skip
     report = render_report(args, argv, runs, info, load, agg, rats, discarded)
-    print(report)
-    for r in runs:
-        print(json.dumps(r, ensure_ascii=False))
-    print(json.dumps(summary, ensure_ascii=False))
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
-            f.write(json.dumps(summary, ensure_ascii=False) + "\n")
-    if args.report:
-        Path(args.report).write_text(report)
+    harness.publish(args, report, runs, summary, [], ensure_ascii=False)  # the runs are in --jsonl already
     return 0
 
 

@@ -29,149 +29,56 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# Before Ray is imported: loopback-only gloo/Ray, faster Train polling, nothing sent anywhere (CPU_NOTES.md).
-for _key, _value in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "DS_ACCELERATOR": "cpu",
-}.items():
-    os.environ.setdefault(_key, _value)
+import harness
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from harness import machine_cpu_util, system_busy_s  # noqa: E402, F401  (hdpo_online imports from here)
-
-REPO = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
+harness.set_default_env(harness.RAY_LOCAL_ENV)  # before Ray is imported (in main)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Machine load
 # ----------------------------------------------------------------------------------------------------------------
-def wait_for_quiet(threshold: float, max_wait_s: float, window_s: float = 5.0) -> tuple[float, float]:
-    """Wait until OTHER processes (not this process tree: our own idle Ray processes use ~0.2 cores) use under
-    ``threshold`` cores for one window; returns (seconds waited, last reading)."""
-    start = time.perf_counter()
-    while True:
-        used = others_cpu_util(window_s)
-        if used != used or used < threshold or time.perf_counter() - start > max_wait_s:
-            return time.perf_counter() - start, used
-
-
-def process_tree(procs: dict[int, tuple[int, float, int]], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, stack = set(), [root]
-    while stack:
-        pid = stack.pop()
-        if pid not in tree:
-            tree.add(pid)
-            stack.extend(children.get(pid, []))
-    return tree
-
-
-def others_cpu_util(window_s: float) -> float:
-    """Cores used over ``window_s`` by processes outside this process tree."""
-    before = read_procs()
-    t0 = time.perf_counter()
-    time.sleep(window_s)
-    after = read_procs()
-    wall = time.perf_counter() - t0
-    ours = process_tree(before, os.getpid()) | process_tree(after, os.getpid())
-    used = sum(
-        cpu - (before[pid][1] if pid in before else 0.0)
-        for pid, (_, cpu, _) in after.items()
-        if pid not in ours
-    )
-    return max(used, 0.0) / wall
-
-
-def read_procs() -> dict[int, tuple[int, float, int]]:
-    """pid -> (ppid, CPU seconds, RSS bytes) of every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2 :].split()
-        try:
-            out[int(entry)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK, int(rest[21]) * PAGE)
-        except (IndexError, ValueError):
-            continue
-    return out
-
-
-class LoadSampler:
+class LoadSampler(harness.ProcessSampler):
     """Every ``interval`` s: CPU used by this process tree and by all other processes, and the tree's summed RSS.
 
     Processes that start after the sampler count from 0; CPU of a process that starts and ends between two
     samples is missed (an under-count of at most one interval per such process)."""
 
     def __init__(self, interval: float = 0.5):
-        self.interval = interval
-        self.root = os.getpid()
-        self._stop = threading.Event()
+        super().__init__(interval)
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.ours: set[int] = set()
         self.peak_tree_rss = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self, initial: bool = False) -> None:
-        procs = read_procs()
-        tree = process_tree(procs, self.root)
+        procs = harness.read_processes()
+        tree = harness.process_tree(procs, self.root)
         self.ours |= tree
-        for pid, (_, cpu, _) in procs.items():
+        for pid, proc in procs.items():
             if pid not in self.first:
-                self.first[pid] = cpu if initial else 0.0
-            self.last[pid] = cpu
-        self.peak_tree_rss = max(self.peak_tree_rss, sum(procs[p][2] for p in tree if p in procs))
+                self.first[pid] = proc.cpu_s if initial else 0.0
+            self.last[pid] = proc.cpu_s
+        self.peak_tree_rss = max(self.peak_tree_rss, sum(procs[p].rss_bytes for p in tree if p in procs))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> LoadSampler:
-        self.t0 = time.perf_counter()
-        self.busy0 = system_busy_s()
+    def _started(self) -> None:
+        self.busy0 = harness.system_busy_s()
         self.load0 = os.getloadavg()[0]
-        self._sample(initial=True)
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        self.wall = time.perf_counter() - self.t0
-        self.busy = system_busy_s() - self.busy0
+    def _stopped(self) -> None:
+        self.busy = harness.system_busy_s() - self.busy0
         self.load1 = os.getloadavg()[0]
 
     def summary(self) -> dict[str, Any]:
@@ -327,7 +234,13 @@ def measure(args, data_dir: Path, out: Path, workers: int, zero: int, threads: i
     }
 
 
-def render(args, argv, rows: list[dict], info: dict, prep: dict, date: str) -> str:
+def describe_busy(d: dict) -> str:
+    """A discarded busy fit, as the report lists it."""
+    step_ms = d["step_s_median"] * 1000
+    return f"{d['config']}: step {step_ms:.0f} ms with {d['load']['other_procs_cpu_cores']} cores busy"
+
+
+def render(args, argv, rows: list[dict], info: dict, prep: dict, date: str, discarded: list[dict]) -> str:
     base = next(
         (r for r in rows if r["workers"] == 1 and r["zero_stage"] == 0 and r["config"].count("_") == 1), None
     )
@@ -410,6 +323,7 @@ def render(args, argv, rows: list[dict], info: dict, prep: dict, date: str) -> s
         )
     if derived:
         lines += ["", *derived]
+    lines += harness.busy_run_lines(rows, discarded, describe_busy, args.busy_limit, runs="fits", during="")
     return "\n".join(lines) + "\n"
 
 
@@ -425,24 +339,11 @@ def parse_args(argv=None):
     ap.add_argument("--num-cpus", type=int, default=3, help="CPUs of the local Ray instance (default 3)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override (repeatable)")
     ap.add_argument("--no-warmup-fit", action="store_true", help="skip the untimed warm-up fit")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
-    ap.add_argument("--quiet-threshold", type=float, default=0.15)
-    ap.add_argument("--quiet-window", type=float, default=10.0, help="seconds the machine must stay idle")
-    ap.add_argument(
-        "--busy-limit",
-        type=float,
-        default=0.15,
-        help="a fit during which other processes used more cores than this is run again (default 0.15)",
-    )
-    ap.add_argument("--retries", type=int, default=3, help="reruns of a busy fit (default 3)")
+    harness.add_quiet_options(ap, quiet_threshold=0.15, busy_limit=0.15, retries=3, run="fit")
+    harness.add_result_options(ap)
     ap.add_argument("--out", default=None, help="work folder (default: temp, deleted unless --keep)")
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--jsonl", default=None)
-    ap.add_argument("--report", default=None)
-    args = ap.parse_args(argv)
-    if not 0 <= args.exclude < args.steps:
-        ap.error("--exclude must be in [0, --steps)")
-    return args
+    return harness.parse_with_exclude(ap, argv, timed_at_least=1)
 
 
 def main(argv=None) -> int:
@@ -454,32 +355,14 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     data_dir = (work / "data").resolve()
 
-    import deepspeed
+    info = harness.ray_stack_info()
     import pyarrow.parquet as pq
     import ray
-    import torch
 
     from polyalign_ray.config import load_config
     from polyalign_ray.stages.data import ensure_base_model, run_prepare
 
-    cpu = platform.machine()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_gib = int(f.readline().split()[1]) / 2**20
-    info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "mem_gib": round(mem_gib, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "deepspeed": deepspeed.__version__,
-    }
-    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    date = harness.local_timestamp()
     base_config = load_config(None, overrides_for(args, data_dir, work / "unused", 1, 0, None, args.steps))
     t0 = time.perf_counter()
     if not (data_dir / "manifest.json").is_file():
@@ -511,8 +394,8 @@ def main(argv=None) -> int:
         object_store_memory=256 * 2**20,
         log_to_driver=False,
     )
-    rows: list[dict] = []
-    discarded: list[dict] = []
+    ledger = harness.RunLedger(args, "sft_scaling", others_only=True)
+    rows, discarded = ledger.kept, ledger.discarded
     try:
         if not args.no_warmup_fit:
             w = measure_warmup(args, data_dir, work / "runs" / "warmup")
@@ -520,62 +403,29 @@ def main(argv=None) -> int:
         for workers, zero, threads in configs:
             name = config_name(workers, zero, threads)
             for attempt in range(args.retries + 1):
-                waited = None
-                if args.wait_quiet > 0:
-                    waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
-                    sys.stderr.write(
-                        f"[sft_scaling] waited {waited:.0f}s (other processes {used:.2f} cores) before {name}\n"
-                    )
+                waited = ledger.wait(name)
                 out = (work / "runs" / name).resolve()
                 if out.exists():
                     shutil.rmtree(out)
                 row = measure(args, data_dir, out, workers, zero, threads)
                 row["waited_for_quiet_s"] = None if waited is None else round(waited, 1)
                 row["attempt"] = attempt
-                busy = row["load"]["other_procs_cpu_cores"] > args.busy_limit
-                sys.stderr.write(
-                    f"[sft_scaling] {name}: step {row['step_s_median'] * 1000:.0f} ms, {row['tokens_per_s']:.0f} "
-                    f"tokens/s, fit {row['fit_wall_s']:.1f} s, overhead {row['fixed_overhead_s']:.1f} s, "
-                    f"other procs {row['load']['other_procs_cpu_cores']} cores"
-                    f"{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
+                other = row["load"]["other_procs_cpu_cores"]
+                progress = (
+                    f"{name}: step {row['step_s_median'] * 1000:.0f} ms, {row['tokens_per_s']:.0f} tokens/s, "
+                    f"fit {row['fit_wall_s']:.1f} s, overhead {row['fixed_overhead_s']:.1f} s"
                 )
-                if not busy or attempt == args.retries:
-                    row["busy"] = busy
-                    rows.append(row)
+                if ledger.file(row, other, attempt, progress):
                     break
-                discarded.append({**row, "busy": True, "discarded": True})
     finally:
         ray.shutdown()
 
-    report = render(args, argv, rows, info, prep, date)
-    if discarded:
-        report += (
-            f"\nFits discarded because other processes used more than {args.busy_limit} cores (each was run "
-            "again): "
-            + "; ".join(
-                f"{d['config']}: step {d['step_s_median'] * 1000:.0f} ms with {d['load']['other_procs_cpu_cores']} "
-                "cores busy"
-                for d in discarded
-            )
-            + ".\n"
-        )
-    if any(r.get("busy") for r in rows):
-        report += (
-            "\n**Warning: some kept fits were still busy after all retries; their figures are not clean.**\n"
-        )
-    print(report)
+    report = render(args, argv, rows, info, prep, date, discarded)
     summary = {"summary": True, "date": date, "machine": info, "prep": prep,
                "command": shlex.join(["bench/sft_scaling.py", *argv])}  # fmt: skip
-    for r in rows:
-        print(json.dumps(r))
-    print(json.dumps(summary))
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
-            for r in rows + discarded:
-                f.write(json.dumps({**r, "date": date}) + "\n")
-            f.write(json.dumps(summary) + "\n")
-    if args.report:
-        Path(args.report).write_text(report)
+    harness.publish(
+        args, report, rows, summary, [{**r, "date": date} for r in rows + discarded], ensure_ascii=True
+    )
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -38,9 +38,8 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import importlib.util
-import itertools
 import json
 import os
 import shlex
@@ -50,26 +49,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from harness import (
-    OFFLINE_ENV,
-    REPO,
-    PhaseTimer,
-    cpu_s,
-    fmt,
-    machine_cpu_util,
-    machine_info,
-    matmul_peak_gflops,
-    peak_rss_mib,
-    system_busy_s,
-    wait_for_quiet,
-)
+import harness
 
-DEFAULT_SHARED = REPO.parent / "shared" / "bench" / "trl_baseline.py"
-DEFAULT_TRL_PYTHON = REPO / "bench" / ".venv-trl" / "bin" / "python"
+DEFAULT_SHARED = harness.REPO.parent / "shared" / "bench" / "trl_baseline.py"
+DEFAULT_TRL_PYTHON = harness.REPO / "bench" / ".venv-trl" / "bin" / "python"
 MARKER = "SFT_THROUGHPUT_JSON "
+TITLE = "SFT throughput: our loop vs TRL's SFTTrainer (single process, CPU)"
 # The shared script's parent prints bare JSON lines; its child prefixes them with this.
 TRL_MARKER = "TRL_BASELINE_JSON "
 
@@ -87,7 +76,7 @@ def load_shared(path: Path):
         raise SystemExit(
             f"error: the shared TRL baseline script {path} does not exist.\n"
             "It is expected at ../shared/bench/trl_baseline.py relative to the repository root "
-            f"({REPO}); pass --shared-script PATH if it lives elsewhere."
+            f"({harness.REPO}); pass --shared-script PATH if it lives elsewhere."
         )
     spec = importlib.util.spec_from_file_location("trl_baseline_shared", path)
     module = importlib.util.module_from_spec(spec)
@@ -152,20 +141,26 @@ def records_from_pairs(pairs: list[dict]) -> Any:
     return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
-def run_ours(args) -> dict[str, Any]:
-    import torch
+@dataclasses.dataclass
+class SharedInputs:
+    """What the shared TRL baseline script builds, the same for both sides: the tokenizer (trained on its
+    corpus), the pairs and the random-init model, and the seconds the first two took."""
 
-    torch.set_num_threads(args.threads)
+    tokenizer: Any
+    pairs: list[dict]
+    model: Any
+    tokenizer_train_s: float
+    data_build_s: float
+
+
+def build_shared_inputs(args) -> SharedInputs:
+    """The shared script's tokenizer, pairs and model for ``args`` (seed, corpus sentences, pairs), built with
+    --threads torch threads, as every child of both sides trains with."""
+    import torch
     import transformers
 
+    torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_warning()
-
-    from polyalign_ray.config import SamplerConfig, SFTConfig
-    from polyalign_ray.loops.checkpoints import LocalCheckpointer
-    from polyalign_ray.loops.sft import run_sft
-    from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
-    from polyalign_ray.sft_data import SFTExamples, tokenize_records
-
     shared = load_shared(Path(args.shared_script))
     t0 = time.perf_counter()
     gen = shared.TextGen(args.seed)
@@ -175,15 +170,110 @@ def run_ours(args) -> dict[str, Any]:
     pairs = shared.build_pairs(gen, tok, args.seed, args.pairs)
     t_data = time.perf_counter() - t0
     model = shared.build_model(tok, args.seed)
+    return SharedInputs(tok, pairs, model, t_tok, t_data)
+
+
+def trl_matched_settings(
+    args, output_dir: Path, total_steps: int, learning_rate: float, max_grad_norm: float
+) -> dict[str, Any]:
+    """Training settings of our side as TRL's defaults have them (one process, micro-batch --batch-size, no
+    accumulation, linear decay without warmup, no weight decay), with a log line every step for the step stamps
+    and no checkpoint: the keyword arguments our ``SFTConfig`` and ``HDPOConfig`` share."""
+    return {
+        "output_dir": str(output_dir),
+        "num_workers": 1,
+        "micro_batch_size": args.batch_size,
+        "grad_accum_steps": 1,
+        "max_steps": total_steps,
+        "lr": learning_rate,
+        "weight_decay": 0.0,
+        "warmup_steps": 0,
+        "lr_schedule": "linear",
+        "min_lr_ratio": 0.0,
+        "max_grad_norm": max_grad_norm,
+        "log_every": 1,
+        "checkpoint_every": 0,
+        "keep_checkpoints": 1,
+        "seed": args.seed,
+    }
+
+
+def our_settings_fields(args, gradient_checkpointing: bool) -> dict[str, Any]:
+    """The settings our side's result rows (SFT and HDPO) report, after their trainer."""
+    import torch
+
+    return {
+        "format": "chat template (ChatML) via polyalign_ray.prompting.render_prompt",
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "gradient_checkpointing": gradient_checkpointing,
+        "optim": "torch.optim.AdamW (adamw_factory: betas 0.9/0.95, fused)",
+    }
+
+
+def local_strategy(model: Any, train: Any, total_steps: int) -> Any:
+    """A ``LocalStrategy`` for ``train`` (an ``SFTConfig`` or ``HDPOConfig``): AdamW, its schedule over
+    ``total_steps``, clipping."""
+    from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
+
+    return LocalStrategy(
+        model,
+        adamw_factory(train.lr, train.weight_decay),
+        scheduler_factory(
+            warmup_steps=train.warmup_steps,
+            total_steps=total_steps,
+            schedule=train.lr_schedule,
+            min_lr_ratio=train.min_lr_ratio,
+        ),
+        max_grad_norm=train.max_grad_norm,
+    )
+
+
+def timed_loop(
+    loop: Callable[..., dict[str, Any]],
+    positional: tuple,
+    keywords: dict[str, Any],
+    scratch: Path,
+    clock: harness.StepClock,
+    phases: harness.PhaseTimer,
+) -> tuple[dict[str, Any], float]:
+    """Run a training loop (``run_sft``, ``run_hdpo``) as both benchmarks do: writing to ``scratch`` (a local
+    checkpointer, though no checkpoint is asked for), stamped by ``clock`` and probed by ``phases``; its summary
+    and its wall seconds."""
+    from polyalign_ray.loops.checkpoints import LocalCheckpointer
+
+    t0 = time.perf_counter()
+    summary = loop(
+        *positional,
+        **keywords,
+        output_dir=scratch,
+        checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
+        on_log=clock.on_log,
+        probe=phases,
+    )
+    return summary, time.perf_counter() - t0
+
+
+def run_ours(args) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from polyalign_ray.config import SamplerConfig, SFTConfig
+    from polyalign_ray.loops.sft import run_sft
+    from polyalign_ray.sft_data import SFTExamples, tokenize_records
+
+    inputs = build_shared_inputs(args)
+    tok, model = inputs.tokenizer, inputs.model
     gradient_checkpointing = args.child_gc == "on"
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()  # transformers' default kwargs, as TRL passes them
     n_params = sum(p.numel() for p in model.parameters())
     n_head = model.get_output_embeddings().weight.numel()  # tied: also counted once in n_params
-    peak = matmul_peak_gflops()
+    peak = harness.matmul_peak_gflops()
 
     t0 = time.perf_counter()
-    records = records_from_pairs(pairs)
+    records = records_from_pairs(inputs.pairs)
     table = tokenize_records(records, tok, max_length=args.max_length, profile_conditioning=False)
     examples = SFTExamples.from_table(table)
     t_tokenize = time.perf_counter() - t0
@@ -193,167 +283,59 @@ def run_ours(args) -> dict[str, Any]:
     total_steps = args.warmup + args.steps
     scratch = Path(tempfile.mkdtemp(prefix="sft_throughput_ours_"))
     sft = SFTConfig(
-        output_dir=str(scratch),
-        num_workers=1,
-        micro_batch_size=args.batch_size,
-        grad_accum_steps=1,
-        max_steps=total_steps,
-        lr=LEARNING_RATE,
-        weight_decay=0.0,
-        warmup_steps=0,
-        lr_schedule="linear",
-        min_lr_ratio=0.0,
-        max_grad_norm=MAX_GRAD_NORM,
+        **trl_matched_settings(args, scratch, total_steps, LEARNING_RATE, MAX_GRAD_NORM),
         loss_normalization="example",
-        log_every=1,
-        checkpoint_every=0,
-        keep_checkpoints=1,
-        seed=args.seed,
     )
     sampler_config = SamplerConfig(alpha=args.alpha, seed=args.seed)
-    strategy = LocalStrategy(
-        model,
-        adamw_factory(sft.lr, sft.weight_decay),
-        scheduler_factory(
-            warmup_steps=sft.warmup_steps,
-            total_steps=total_steps,
-            schedule=sft.lr_schedule,
-            min_lr_ratio=sft.min_lr_ratio,
-        ),
-        max_grad_norm=sft.max_grad_norm,
-    )
+    strategy = local_strategy(model, sft, total_steps)
 
-    # Phase timing and token counts: the loop's step probe.
-    phases = PhaseTimer()
+    # Phase timing and token counts: the loop's step probe; step stamps (and profiles): its on_log.
+    phases = harness.PhaseTimer()
+    clock = harness.StepClock(args.warmup, total_steps, profile=bool(args.profile))
 
-    profiler = None
-    cprofiler = None
-    if args.profile:
-        import cProfile
+    loop_args = {"sft": sft, "sampler_config": sampler_config, "labelled_only": args.logits == "labelled"}
+    summary, t_train = timed_loop(run_sft, (strategy, examples, tok), loop_args, scratch, clock, phases)
 
-        import torch.profiler
-
-        cprofiler = cProfile.Profile()
-        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-
-    stamps: list[tuple[float, float, float, float]] = []
-
-    def on_log(line: dict[str, Any]) -> None:
-        stamps.append((time.perf_counter(), cpu_s(), system_busy_s(), os.getloadavg()[0]))
-        if args.profile and len(stamps) == args.warmup:
-            profiler.start()
-            cprofiler.enable()
-        if args.profile and len(stamps) == total_steps:
-            cprofiler.disable()
-            profiler.stop()
-
-    t0 = time.perf_counter()
-    summary = run_sft(
-        strategy,
-        examples,
-        tok,
-        sft=sft,
-        sampler_config=sampler_config,
-        output_dir=scratch,
-        checkpointer=LocalCheckpointer(scratch / "checkpoints", keep=1),
-        on_log=on_log,
-        probe=phases,
-        labelled_only=args.logits == "labelled",
-    )
-    t_train = time.perf_counter() - t0
-
-    if len(stamps) != total_steps:
-        raise RuntimeError(f"expected {total_steps} step stamps, got {len(stamps)}")
-    if args.warmup < 1:
-        raise RuntimeError("--warmup must be >= 1 (the first step has no start stamp)")
-    # interval k (0-based) = step k+2 (stamp k -> stamp k+1); the timed steps are warmup+1 .. warmup+steps
-    dts = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
-    others = [max((b[2] - a[2]) - (b[1] - a[1]), 0.0) / (b[0] - a[0]) for a, b in itertools.pairwise(stamps)]
-    timed = dts[args.warmup - 1 :]
-    timed_others = others[args.warmup - 1 :]
-    quiet = [t for t, o in zip(timed, timed_others, strict=True) if o <= args.quiet_threshold]
-    batches = phases.batches
-    real = [b[0] for b in batches[args.warmup : total_steps]]
-    padded = [b[1] for b in batches[args.warmup : total_steps]]
-    trained = [b[2] for b in batches[args.warmup : total_steps]]
-    med = statistics.median(timed)
-    sum_t = sum(timed)
-    first, last = stamps[args.warmup - 1], stamps[total_steps - 1]
-    timed_cpu = last[1] - first[1]
-    other_cpu = last[2] - first[2] - timed_cpu
-    metrics = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
-    loop_step_s = [m["step_seconds"] for m in metrics[args.warmup : total_steps]]
     phase_names = sorted({k for s in phases.steps for k in s})
-    phase_median = {
-        name: round(statistics.median(s.get(name, 0.0) for s in phases.steps[args.warmup : total_steps]), 4)
-        for name in phase_names
-    }
-    phase_median["other"] = round(med - sum(phase_median.values()), 4)
+    steps = harness.TimedSteps(clock, phases, scratch / "metrics.jsonl", phase_names, args.quiet_threshold)
+    med, sum_t = steps.median, steps.total
 
     result = {
         "side": "ours",
         "trainer": "polyalign run_sft + LocalStrategy",
-        "format": "chat template (ChatML) via polyalign_ray.prompting.render_prompt",
-        "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "gradient_checkpointing": gradient_checkpointing,
-        "optim": "torch.optim.AdamW (adamw_factory: betas 0.9/0.95, fused)",
+        **our_settings_fields(args, gradient_checkpointing),
         "logits": args.logits,
         "matmul_peak_gflops": round(peak, 1),
-        "mfu_6n": round(6 * n_params * sum(real) / sum_t / 1e9 / peak, 4),
+        "mfu_6n": round(6 * n_params * sum(steps.real) / sum_t / 1e9 / peak, 4),
         "lm_head_share_of_6n": round(n_head / n_params, 4),
         "logit_rows_per_step_mean": round(
-            statistics.mean(
-                b[2] if args.logits == "labelled" else b[1] for b in batches[args.warmup : total_steps]
-            ),
-            1,
+            statistics.mean(b[2] if args.logits == "labelled" else b[1] for b in steps.timed_batches), 1
         ),
         "learning_rate": LEARNING_RATE,
         "sampler_alpha": args.alpha,
         "bucket_sizes": sizes,
         "bucket_shares_target": summary["bucket_shares_target"],
         "bucket_counts_drawn": summary["bucket_counts"],
-        "warmup_steps_excluded": args.warmup,
-        "timed_steps": len(timed),
-        "sec_per_step_median": round(med, 4),
-        "sec_per_step_mean": round(sum_t / len(timed), 4),
-        "sec_per_step_min": round(min(timed), 4),
-        "sec_per_step_max": round(max(timed), 4),
-        "sec_per_step_stdev": round(statistics.stdev(timed), 4) if len(timed) > 1 else 0.0,
-        "loop_step_seconds_median": round(statistics.median(loop_step_s), 4),
+        **steps.interval_fields(),
+        "loop_step_seconds_median": round(statistics.median(steps.loop_step_seconds()), 4),
         "samples_per_s": round(args.batch_size / med, 3),
-        "samples_per_s_mean_based": round(args.batch_size * len(timed) / sum_t, 3),
-        "tokens_per_s": round(sum(real) / sum_t, 1),
-        "tokens_per_s_median_based": round(statistics.mean(real) / med, 1),
-        "tokens_per_step_mean": round(statistics.mean(real), 1),
-        "padded_tokens_per_step_mean": round(statistics.mean(padded), 1),
-        "pad_fraction": round(1 - sum(real) / sum(padded), 4),
-        "loss_tokens_per_s": round(sum(trained) / sum_t, 1),
-        "sequences_per_step": batches[0][3],
-        "phase_seconds_median": phase_median,
-        "cpu_util_timed": round(timed_cpu / sum_t, 2),
-        "other_procs_cpu_util_timed": round(max(other_cpu, 0.0) / sum_t, 2),
-        "loadavg_1m_timed_start_end": [round(first[3], 2), round(last[3], 2)],
-        "quiet_threshold_cores": args.quiet_threshold,
-        "quiet_steps": len(quiet),
-        "sec_per_step_median_quiet": round(statistics.median(quiet), 4) if quiet else None,
-        "other_procs_cores_per_step": [round(o, 2) for o in others],
-        "peak_rss_mib": round(peak_rss_mib(), 1),
-        "train_wall_s": round(t_train, 2),
-        "final_loss_logged": round(metrics[-1]["last_loss"], 5),
-        "tokenizer_train_s": round(t_tok, 2),
-        "data_build_s": round(t_data, 2),
+        "samples_per_s_mean_based": round(args.batch_size * len(steps.timed) / sum_t, 3),
+        **steps.token_and_load_fields(t_train),
+        "final_loss_logged": round(steps.metrics[-1]["last_loss"], 5),
+        "tokenizer_train_s": round(inputs.tokenizer_train_s, 2),
+        "data_build_s": round(inputs.data_build_s, 2),
         "tokenize_records_s": round(t_tokenize, 2),
         "model_params": n_params,
         "examples": len(example_lengths),
         "example_tokens_mean": round(statistics.mean(example_lengths), 1),
         "example_tokens_max": max(example_lengths),
-        "step_times_s": [round(x, 4) for x in dts],
+        "step_times_s": [round(x, 4) for x in steps.dts],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     if args.profile:
-        result["profile_files"] = write_profiles(Path(args.profile), cprofiler, profiler, args.child_gc)
+        result["profile_files"] = write_profiles(
+            Path(args.profile), clock.cprofiler, clock.profiler, args.child_gc
+        )
     shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -391,10 +373,10 @@ def common_argv(args) -> list[str]:
 
 def child_env(args) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OFFLINE_ENV)
+    env.update(harness.OFFLINE_ENV)
     env["OMP_NUM_THREADS"] = str(args.threads)
     env["MKL_NUM_THREADS"] = str(args.threads)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(harness.REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -403,7 +385,7 @@ def run_child(cmd: list[str], env: dict[str, str], log_path: Path, marker: str |
     with log_path.open("w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=harness.REPO)
         line = None
         for out_line in proc.stdout.splitlines():
             stripped = out_line[len(marker) :] if marker and out_line.startswith(marker) else out_line
@@ -422,18 +404,155 @@ def run_child(cmd: list[str], env: dict[str, str], log_path: Path, marker: str |
     return line
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_comparison_options(ap: argparse.ArgumentParser, *, batch_size_help: str | None = None) -> None:
+    """The options both TRL comparisons share: where TRL's Python and the shared script are, and the size of
+    every run (what :func:`common_argv` hands each child)."""
     ap.add_argument(
         "--trl-python",
         default=str(DEFAULT_TRL_PYTHON),
-        help=f"Python with trl installed (default {DEFAULT_TRL_PYTHON.relative_to(REPO)})",
+        help=f"Python with trl installed (default {DEFAULT_TRL_PYTHON.relative_to(harness.REPO)})",
     )
     ap.add_argument(
         "--shared-script",
         default=str(DEFAULT_SHARED),
         help="the shared TRL baseline (default ../shared/bench/trl_baseline.py from the repo root)",
     )
+    ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
+    for flag, default, text in (
+        ("--repeats", 1, "run the whole set this many times, interleaved; figures are medians over repeats"),
+        ("--steps", 20, "timed optimizer steps per run (default 20)"),
+        ("--warmup", 2, "optimizer steps excluded from timing (default 2, >= 1)"),
+        ("--threads", 2, "torch.set_num_threads for both sides (default 2)"),
+        ("--batch-size", 8, batch_size_help),
+        ("--max-length", 384, None),
+        ("--pairs", 512, None),
+        ("--seed", 0, None),
+        ("--corpus-sentences", 60000, None),
+    ):
+        ap.add_argument(flag, type=int, default=default, help=text)
+
+
+def add_output_options(ap: argparse.ArgumentParser) -> None:
+    """Where a TRL comparison keeps its logs and results, and the hidden options of its own children."""
+    ap.add_argument("--logs", default=None, metavar="DIR", help="keep each child's log here (default: temp)")
+    harness.add_result_options(ap)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
+
+
+def checked_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed options; the first step has no start stamp, so at least one warm-up step is required."""
+    args = ap.parse_args(argv)
+    if args.warmup < 1:
+        ap.error("--warmup must be >= 1")
+    return args
+
+
+def trl_paths(args) -> tuple[Path, Path]:
+    """The shared script (loaded now, for a clear error before any run) and TRL's Python, which must exist
+    unless --skip-trl."""
+    shared_path = Path(args.shared_script).resolve()
+    load_shared(shared_path)
+    trl_python = Path(args.trl_python)
+    if not trl_python.is_absolute():
+        trl_python = harness.REPO / trl_python
+    if not args.skip_trl and not trl_python.exists():
+        raise SystemExit(
+            f"error: no Python at {trl_python} (--trl-python). Create the TRL venv (bench/README.md):\n"
+            "  python3 -m venv bench/.venv-trl && bench/.venv-trl/bin/pip install torch==2.13.0 trl "
+            "transformers==5.24.0 accelerate datasets tokenizers\n"
+            "or pass --skip-trl for our side alone."
+        )
+    return shared_path, trl_python
+
+
+class ParentSetup(NamedTuple):
+    """What a TRL comparison's parent sets up before its first run."""
+
+    log_dir: Path  # --logs, or a new temporary folder: each child's log
+    env: dict[str, str]  # the children's environment
+    info: dict[str, Any]  # the machine
+    load: dict[str, Any]  # its load before the first run
+    ledger: harness.RunLedger  # the runs, kept and discarded
+
+
+def start_parent(args, tag: str) -> ParentSetup:
+    """The children's log folder and environment, the machine and its load (said on stderr), and an empty
+    ledger of runs."""
+    log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix=f"{tag}_logs_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = child_env(args)
+    info = harness.machine_info()
+    load = harness.load_before_runs()
+    sys.stderr.write(f"[{tag}] logs in {log_dir}; load {load}\n")
+    return ParentSetup(log_dir, env, info, load, harness.RunLedger(args, tag))
+
+
+def child_main(run: Callable[[argparse.Namespace], dict[str, Any]], args, marker: str) -> int:
+    """A measurement child: offline, one run, its result as one marked JSON line on stdout for
+    :func:`run_child`."""
+    harness.set_default_env(harness.OFFLINE_ENV)
+    result = run(args)
+    sys.stdout.write(marker + json.dumps(result, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def trl_side_lines(runs: list[dict], *, learning_rate: bool = False) -> list[str]:
+    """The report's note on the TRL side's versions and optimizer (none without TRL runs)."""
+    trl = [r for r in runs if r["side"] == "trl"]
+    if not trl:
+        return []
+    v = trl[0].get("versions", {})
+    end = f", learning rate {trl[0].get('learning_rate')}." if learning_rate else "."
+    return [
+        "",
+        f"TRL side: trl {v.get('trl')}, transformers {v.get('transformers')}, torch {v.get('torch')}, "
+        f"accelerate {v.get('accelerate')}, datasets {v.get('datasets')}; optimizer {trl[0].get('optim')}{end}",
+    ]
+
+
+def attempt_fields(config: str, repeat: int, attempt: int, t0: float, waited: float | None) -> dict[str, Any]:
+    """What the parent adds to a child's result: which configuration, repeat and attempt it was, the child's
+    whole wall time (since ``t0``) and how long the parent waited for quiet before it."""
+    return {
+        "config": config,
+        "repeat": repeat,
+        "attempt": attempt,
+        "process_wall_s": round(time.perf_counter() - t0, 1),
+        "waited_for_quiet_s": None if waited is None else round(waited, 1),
+    }
+
+
+def summary_line(
+    script: str,
+    argv: list[str],
+    info: dict,
+    load: dict,
+    agg: dict,
+    ratios: dict,
+    discarded: list[dict],
+    **extra,
+) -> dict[str, Any]:
+    """The last JSON line of a TRL comparison: machine, load, the medians over repeats, the ratios (one named
+    entry), the busy runs that were run again (configuration, repeat, cores busy), ``extra`` and the command."""
+    return {
+        "summary": True,
+        "date": load["date"],
+        "machine": info,
+        "load": load,
+        "aggregate": agg,
+        **ratios,
+        "discarded_busy_runs": [
+            (d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded
+        ],
+        **extra,
+        "command": shlex.join([f"bench/{script}", *argv]),
+    }
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--trl",
         default="gc_on,gc_off",
@@ -445,68 +564,23 @@ def parse_args(argv=None):
         help="our runs: gc_off (our default), gc_on; +all_logits computes logits at every position "
         "(model.logits=all, the path before logits were limited to labelled positions) (default all three)",
     )
-    ap.add_argument("--skip-trl", action="store_true", help="only our side (no ratio)")
-    ap.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="run the whole set this many times, interleaved; figures are medians over repeats",
-    )
-    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default 20)")
-    ap.add_argument(
-        "--warmup", type=int, default=2, help="optimizer steps excluded from timing (default 2, >= 1)"
-    )
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides (default 2)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=384)
-    ap.add_argument("--pairs", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--corpus-sentences", type=int, default=60000)
+    add_comparison_options(ap)
     ap.add_argument(
         "--alpha",
         type=float,
         default=0.0,
         help="our sampler's alpha (default 0.0 = every bucket equal: bucket balancing on)",
     )
-    ap.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.15,
-        help="a step is quiet when other processes used at most this many cores (default 0.15)",
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each run, wait up to SECONDS for the machine to be idle (default 0: no wait)",
-    )
+    harness.add_quiet_options(ap, quiet_threshold=0.15, busy_limit=0.25, retries=3)
     ap.add_argument(
         "--profile",
         default=None,
         metavar="DIR",
         help="also write cProfile and torch.profiler tables of our timed steps to DIR",
     )
-    ap.add_argument(
-        "--busy-limit",
-        type=float,
-        default=0.25,
-        help="a run whose timed steps saw other processes use more cores than this is run again (default 0.25)",
-    )
-    ap.add_argument("--retries", type=int, default=3, help="reruns of a busy run (default 3)")
-    ap.add_argument(
-        "--quiet-window", type=float, default=10.0, help="seconds the machine must stay idle (default 10)"
-    )
-    ap.add_argument("--logs", default=None, metavar="DIR", help="keep each child's log here (default: temp)")
-    ap.add_argument("--jsonl", default=None, help="append one JSON line per run and one summary line here")
-    ap.add_argument("--report", default=None, help="write the Markdown report here")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--child-gc", default="off", help=argparse.SUPPRESS)
+    add_output_options(ap)
     ap.add_argument("--logits", default="labelled", choices=["labelled", "all"], help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.warmup < 1:
-        ap.error("--warmup must be >= 1")
-    return args
+    return checked_args(ap, argv)
 
 
 def run_label(r: dict) -> str:
@@ -550,16 +624,18 @@ def ratios(agg: dict[str, dict]) -> list[tuple[str, str, str, float]]:
     return out
 
 
-def render_report(args, argv: list[str], runs: list[dict], info: dict, load: dict, agg, rats) -> str:
-    lines = ["# SFT throughput: our loop vs TRL's SFTTrainer (single process, CPU)", ""]
+def describe_busy(d: dict) -> str:
+    """A discarded busy run, as the report lists it."""
+    cores = d["other_procs_cpu_util_timed"]
+    return f"{run_label(d)} repeat {d['repeat']}: {d['tokens_per_s']:.0f} tokens/s with {cores} cores busy"
+
+
+def render_report(
+    args, argv: list[str], runs: list[dict], info: dict, load: dict, agg, rats, discarded: list[dict]
+) -> str:
+    fmt = harness.fmt
+    lines = harness.report_preamble(TITLE, "bench/sft_throughput.py", argv, info, load)
     lines += [
-        f"- Date: {load['date']}",
-        f"- Command: `{shlex.join(['.venv/bin/python', 'bench/sft_throughput.py', *argv])}`",
-        f"- Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['mem_gib']} GiB, "
-        f"Python {info['python']}",
-        f"- Load: 1-min load average {load['loadavg_before']} before, {load['loadavg_after']} after; machine CPU "
-        f"use before the first run {load['machine_cores_before']} cores; other processes' CPU during each run's "
-        "timed steps is in the table (cores; ~0 means quiet).",
         f"- Settings: {args.steps} timed steps after {args.warmup} warm-up steps, batch {args.batch_size}, "
         f"max_length {args.max_length}, {args.threads} torch threads, fp32, seed {args.seed}, {args.pairs} pairs; "
         "TRL with `--format conversational` (chat-formatted prompts, like ours); ours with "
@@ -596,29 +672,14 @@ def render_report(args, argv: list[str], runs: list[dict], info: dict, load: dic
                 f"- {key}: MFU {row['mfu_6n'] * 100:.1f}% of {row['matmul_peak_gflops']:.0f} GFLOP/s"
             )
     if ours:
-        lines += ["", "Our step, by phase (median seconds over the timed steps):", ""]
-        names = list(ours[0]["phase_seconds_median"])
-        lines.append("| run | " + " | ".join(names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        for r in ours:
-            lines.append(
-                f"| {run_label(r)} (repeat {r['repeat']}) | "
-                + " | ".join(fmt(r["phase_seconds_median"].get(n), 4) for n in names)
-                + " |"
-            )
+        lines += harness.phase_table(ours, list(ours[0]["phase_seconds_median"]), run_label)
         r = ours[0]
         lines += [
             "",
             f"Our buckets (train examples): {r['bucket_sizes']}; drawn over the run: {r['bucket_counts_drawn']}.",
         ]
-    trl = [r for r in runs if r["side"] == "trl"]
-    if trl:
-        v = trl[0].get("versions", {})
-        lines += [
-            "",
-            f"TRL side: trl {v.get('trl')}, transformers {v.get('transformers')}, torch {v.get('torch')}, "
-            f"accelerate {v.get('accelerate')}, datasets {v.get('datasets')}; optimizer {trl[0].get('optim')}.",
-        ]
+    lines += trl_side_lines(runs)
+    lines += harness.busy_run_lines(runs, discarded, describe_busy, args.busy_limit)
     return "\n".join(lines) + "\n"
 
 
@@ -626,27 +687,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.child == "ours":
-        for k, v in OFFLINE_ENV.items():
-            os.environ.setdefault(k, v)
-        result = run_ours(args)
-        sys.stdout.write(MARKER + json.dumps(result, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        return 0
+        return child_main(run_ours, args, MARKER)
 
-    shared_path = Path(args.shared_script).resolve()
-    load_shared(shared_path)  # clear error now if it is missing
-    trl_python = Path(args.trl_python)
-    if not trl_python.is_absolute():
-        trl_python = REPO / trl_python
+    shared_path, trl_python = trl_paths(args)
     plan: list[tuple[str, str]] = []
     if not args.skip_trl:
-        if not trl_python.exists():
-            raise SystemExit(
-                f"error: no Python at {trl_python} (--trl-python). Create the TRL venv (bench/README.md):\n"
-                "  python3 -m venv bench/.venv-trl && bench/.venv-trl/bin/pip install torch==2.13.0 trl "
-                "transformers==5.24.0 accelerate datasets tokenizers\n"
-                "or pass --skip-trl for our side alone."
-            )
         plan += [("trl", c.strip()) for c in args.trl.split(",") if c.strip()]
     plan += [("ours", c.strip()) for c in args.ours.split(",") if c.strip()]
     for side, c in plan:
@@ -655,29 +700,14 @@ def main(argv=None) -> int:
                 f"error: unknown configuration {c!r} for {side} (gc_on, gc_off, gc_off+all_logits)"
             )
 
-    log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="sft_throughput_logs_"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = child_env(args)
-    info = machine_info()
-    load = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-        "machine_cores_before": round(machine_cpu_util(2.0), 2),
-    }
-    sys.stderr.write(f"[sft_throughput] logs in {log_dir}; load {load}\n")
-    runs = []
-    discarded = []
+    log_dir, env, info, load, ledger = start_parent(args, "sft_throughput")
+    runs, discarded = ledger.kept, ledger.discarded
     for repeat in range(args.repeats):
         for side, c in plan:
             gc = c.split("+")[0].split("_")[1]
             logits = "all" if c.endswith("+all_logits") else "labelled"
             for attempt in range(args.retries + 1):
-                waited = None
-                if args.wait_quiet > 0:
-                    waited, used = wait_for_quiet(args.quiet_threshold, args.wait_quiet, args.quiet_window)
-                    sys.stderr.write(
-                        f"[sft_throughput] waited {waited:.0f}s (machine {used:.2f} cores) before {side} {c}\n"
-                    )
+                waited = ledger.wait(f"{side} {c}")
                 log_path = log_dir / f"{side}_{c}_r{repeat}_a{attempt}.log"
                 t0 = time.perf_counter()
                 if side == "trl":
@@ -695,68 +725,21 @@ def main(argv=None) -> int:
                     result = run_child(cmd, env, log_path, MARKER)
                 if result is None:
                     return 1
-                result.update(
-                    config=f"{side}_{c}",
-                    repeat=repeat,
-                    attempt=attempt,
-                    process_wall_s=round(time.perf_counter() - t0, 1),
-                    waited_for_quiet_s=None if waited is None else round(waited, 1),
-                )
-                busy = result["other_procs_cpu_util_timed"] > args.busy_limit
-                sys.stderr.write(
-                    f"[sft_throughput] {run_label(result)}: {result['sec_per_step_median']:.3f} s/step, "
-                    f"{result['tokens_per_s']:.0f} tokens/s, other procs {result['other_procs_cpu_util_timed']} "
-                    f"cores{' (busy: run again)' if busy and attempt < args.retries else ''}\n"
-                )
-                if not busy or attempt == args.retries:
-                    result["busy"] = busy
-                    runs.append(result)
+                result.update(attempt_fields(f"{side}_{c}", repeat, attempt, t0, waited))
+                step = f"{result['sec_per_step_median']:.3f} s/step, {result['tokens_per_s']:.0f} tokens/s"
+                progress = f"{run_label(result)}: {step}"
+                if ledger.file(result, result["other_procs_cpu_util_timed"], attempt, progress):
                     break
-                discarded.append({**result, "busy": True, "discarded": True})
-    load["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    load["loadavg_after"] = harness.loadavg_rounded()
     agg = aggregate(runs)
     rats = ratios(agg)
-    summary = {
-        "summary": True,
-        "date": load["date"],
-        "machine": info,
-        "load": load,
-        "aggregate": agg,
-        "ratios_tokens_per_s": {f"{a}/{b}": round(v, 3) for a, b, _, v in rats},
-        "discarded_busy_runs": [
-            (d["config"], d["repeat"], d["other_procs_cpu_util_timed"]) for d in discarded
-        ],
-        "command": shlex.join(["bench/sft_throughput.py", *argv]),
-    }
-
+    ratio_values = {f"{a}/{b}": round(v, 3) for a, b, _, v in rats}
+    summary = summary_line(
+        "sft_throughput.py", argv, info, load, agg, {"ratios_tokens_per_s": ratio_values}, discarded
+    )
     # Table on stdout, then the JSON lines.
-    report = render_report(args, argv, runs, info, load, agg, rats)
-    if discarded:
-        report += (
-            f"\nRuns discarded because other processes used more than {args.busy_limit} cores during their timed "
-            "steps (each was run again): "
-            + "; ".join(
-                f"{run_label(d)} repeat {d['repeat']}: {d['tokens_per_s']:.0f} tokens/s with "
-                f"{d['other_procs_cpu_util_timed']} cores busy"
-                for d in discarded
-            )
-            + ".\n"
-        )
-    if any(r.get("busy") for r in runs):
-        report += (
-            "\n**Warning: some kept runs were still busy after all retries; their figures are not clean.**\n"
-        )
-    print(report)
-    for r in runs:
-        print(json.dumps(r, ensure_ascii=False))
-    print(json.dumps(summary, ensure_ascii=False))
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
-            for r in runs + discarded:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.write(json.dumps(summary, ensure_ascii=False) + "\n")
-    if args.report:
-        Path(args.report).write_text(report)
+    report = render_report(args, argv, runs, info, load, agg, rats, discarded)
+    harness.publish(args, report, runs, summary, runs + discarded, ensure_ascii=False)
     return 0
 
 
