@@ -792,6 +792,24 @@ SWEEP_METRICS: tuple[str, ...] = (
 """Keys of an evaluation report's ``overall`` block that a sweep can optimize."""
 
 
+LOSS_METRICS = ("loss", "preference_loss", "regularizer", "sft_loss")
+"""Metrics lines whose value depends on how the loss is defined (ASHA must not compare them across definitions)."""
+LOSS_DEFINING_KEYS = frozenset(
+    {
+        "hdpo.beta",
+        "hdpo.reg_lambda",
+        "hdpo.sft_coef",
+        "hdpo.loss_type",
+        "hdpo.ipo_logps",
+        "hdpo.label_smoothing",
+        "hdpo.unit_weights",
+        "sft.loss_normalization",
+        "sampler.mode",
+    }
+)
+"""Swept keys that change what a training loss measures, not only how well it is minimized."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """``polyalign sweep``: Ray Tune trials over dotted config keys; each trial trains and evaluates its model."""
@@ -864,6 +882,13 @@ class SweepConfig:
         if self.scheduler == "asha" and self.seeds:
             out.append(
                 f"{path}.scheduler=asha would stop single seeds of a point; drop {path}.seeds or use fifo"
+            )
+        redefining = sorted(str(key) for key in self.space if str(key) in LOSS_DEFINING_KEYS)
+        if self.scheduler == "asha" and self.early_stop_metric in LOSS_METRICS and redefining:
+            out.append(
+                f"{path}.early_stop_metric={self.early_stop_metric!r} would compare trials whose loss is defined "
+                f"differently ({', '.join(redefining)} swept): ASHA would stop a trial for its loss's scale; use "
+                f"{path}.early_stop_metric=rewards/accuracy with {path}.early_stop_mode=max, or {path}.scheduler=fifo"
             )
         if self.report_every < 1 or self.grace_period < 1 or self.reduction_factor <= 1:
             out.append(

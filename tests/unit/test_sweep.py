@@ -271,3 +271,22 @@ def test_asha_config_errors_name_the_fix_and_the_scheduler_judges_its_own_metric
     )
     with pytest.raises(ValueError, match="needs a training stage"):
         swept_training_stage(SweepPlan(prefix=("data", "sft", "critic", "hdpo"), trial=("eval_hdpo",)))
+
+
+def test_asha_refuses_to_compare_losses_the_sweep_defines_differently() -> None:
+    """hdpo.beta scales the loss: ASHA on ``loss`` would stop a trial for its scale, not for learning less."""
+    space = "sweep.space={hdpo.beta: [0.03, 0.3], hdpo.lr: [0.001, 0.0001]}"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [space, "sweep.scheduler=asha"])
+    assert "hdpo.beta swept" in str(info.value) and "early_stop_metric=rewards/accuracy" in str(info.value)
+    accepted = load_config(
+        None,
+        [
+            space,
+            "sweep.scheduler=asha",
+            "sweep.early_stop_metric=rewards/accuracy",
+            "sweep.early_stop_mode=max",
+        ],
+    )
+    assert accepted.sweep.early_stop_metric == "rewards/accuracy"
+    assert load_config(None, ["sweep.space={hdpo.lr: [0.001, 0.0001]}", "sweep.scheduler=asha"]).sweep.space
