@@ -215,19 +215,9 @@ def our_settings_fields(args, gradient_checkpointing: bool) -> dict[str, Any]:
 def local_strategy(model: Any, train: Any, total_steps: int) -> Any:
     """A ``LocalStrategy`` for ``train`` (an ``SFTConfig`` or ``HDPOConfig``): AdamW, its schedule over
     ``total_steps``, clipping."""
-    from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
+    from polyalign_ray.loops.strategy import LocalStrategy
 
-    return LocalStrategy(
-        model,
-        adamw_factory(train.lr, train.weight_decay),
-        scheduler_factory(
-            warmup_steps=train.warmup_steps,
-            total_steps=total_steps,
-            schedule=train.lr_schedule,
-            min_lr_ratio=train.min_lr_ratio,
-        ),
-        max_grad_norm=train.max_grad_norm,
-    )
+    return LocalStrategy.for_section(model, train, total_steps)
 
 
 def timed_loop(

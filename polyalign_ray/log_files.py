@@ -25,10 +25,8 @@ class SwitchableLogStream:
 
     def __init__(self, default_path: Path) -> None:
         default_path.parent.mkdir(parents=True, exist_ok=True)
-        self.default_path = default_path
         self._default = default_path.open("a", encoding="utf-8")
         self._current: TextIO = self._default
-        self.current_path = default_path
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -45,13 +43,12 @@ class SwitchableLogStream:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = path.open("a", encoding="utf-8")
         with self._lock:
-            previous, previous_path = self._current, self.current_path
-            self._current, self.current_path = target, path
+            previous, self._current = self._current, target
         try:
             yield path
         finally:
             with self._lock:
-                self._current, self.current_path = previous, previous_path
+                self._current = previous
             target.close()
 
     def close(self) -> None:
@@ -66,10 +63,6 @@ def activate(stream: SwitchableLogStream | None) -> None:
     """Make ``stream`` the one Ray's messages go to in this process (None: no log file, e.g. ``-v``)."""
     global _active
     _active = stream
-
-
-def active_stream() -> SwitchableLogStream | None:
-    return _active
 
 
 @contextlib.contextmanager

@@ -79,11 +79,9 @@ def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path | None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; ``None``: no lock."""
-    if path is None:
-        yield
-        return
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -134,12 +132,13 @@ class MLflowBackend:
         if not uri:
             (root / "mlflow").mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-        location = (root / "mlflow" / "artifacts").as_uri() if uri.startswith("sqlite:") else None
         # Seeds and sweep trials start their stages at the same moment in other processes: the first client to
         # touch a new sqlite file runs MLflow's schema migrations, and two at once fail ("duplicate column name").
         # An exclusive lock beside the database makes creating the tables and the experiment one at a time.
-        with exclusive_lock(root / "mlflow" / ".create.lock" if uri.startswith("sqlite:") else None):
+        local = uri.startswith("sqlite:")
+        with exclusive_lock(root / "mlflow" / ".create.lock") if local else contextlib.nullcontext():
             self.client = MlflowClient(tracking_uri=uri)
+            location = (root / "mlflow" / "artifacts").as_uri() if local else None
             self.experiment_id = experiment_id(self.client, experiment, location)
         self.run_id = ""
 

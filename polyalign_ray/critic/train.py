@@ -64,8 +64,8 @@ def build_critic_examples(
     """Human answers, model samples and corrupted human answers of ``records`` with their distance targets; the
     examples of val records are held out.
 
-    A corrupted answer's target is its exact distance d(x, b), raised to at least its original's distance plus
-    ``corruption_gap``: no human wrote it, so it must never lie nearer human support than the answer it came from.
+    A corrupted answer's target is its exact distance d(x, b); with ``corruption_gap`` > 0 it is raised to at least
+    its original's distance plus the gap: no human wrote it, so it must never lie nearer human support than the answer it came from.
     The exact distance alone says otherwise for about a quarter of cut or moved answers (a cut answer can land
     nearer the bucket's typical length; bench/results/critic_ood.md, the targets' own rate), and a critic faithful
     to those targets rewards exactly the answers a policy should not learn to write."""
@@ -82,13 +82,14 @@ def build_critic_examples(
         rows.append((item.text, item.bucket, item.source, False, split_of[item.source] != "train", item.kind))
     texts, buckets = [r[0] for r in rows], [r[1] for r in rows]
     targets = references.distance(features_matrix(texts), buckets) if texts else np.zeros(0)
-    original = {r[2]: float(d) for r, d in zip(rows, targets, strict=True) if r[5] == "human"}
-    targets = np.asarray(
-        [
-            d if kind in ("human", "model") else max(float(d), original[group] + corruption_gap)
-            for (_, _, group, _, _, kind), d in zip(rows, targets, strict=True)
-        ]
-    )
+    if corruption_gap > 0:
+        original = {r[2]: float(d) for r, d in zip(rows, targets, strict=True) if r[5] == "human"}
+        targets = np.asarray(
+            [
+                d if kind in ("human", "model") else max(float(d), original[group] + corruption_gap)
+                for (_, _, group, _, _, kind), d in zip(rows, targets, strict=True)
+            ]
+        )
     return [
         CriticExample(text, bucket, float(d), group, human, held, kind)
         for (text, bucket, group, human, held, kind), d in zip(rows, targets, strict=True)

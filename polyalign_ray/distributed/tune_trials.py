@@ -173,11 +173,10 @@ def run_trial(
     folder = Path(trials_dir) / f"{context.get_trial_id()}_{trial_label(params)}"
     trial = trial_config(config, swept, folder, plan)
     began = time.perf_counter()
-    early_stop: dict[str, float] = {}
-    if config.sweep.scheduler == "asha":
-        with early_stop_reports(trial, plan) as early_stop:
-            run_pipeline(trial, only=plan.trial, echo=log.info)
-    else:
+    reports = (
+        early_stop_reports(trial, plan) if config.sweep.scheduler == "asha" else contextlib.nullcontext({})
+    )
+    with reports as early_stop:
         run_pipeline(trial, only=plan.trial, echo=log.info)
     report = json.loads(
         (Path(trial.eval.output_dir) / SWEPT_MODEL / "report.json").read_text(encoding="utf-8")
@@ -353,7 +352,7 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     rows = []
     for number, result in enumerate(results):
         metrics = result.metrics or {}
-        stopped = not result.error and not math.isfinite(float(metrics.get(sweep.metric, float("nan"))))
+        stopped = not result.error and "trial_folder" not in metrics  # only a trial's last report names it
         rows.append(
             {
                 "trial": number,

@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from polyalign_ray.models import save_model_folder
+
+if TYPE_CHECKING:
+    from polyalign_ray.config import OptimizerSchedule
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -108,6 +111,17 @@ def adamw_factory(lr: float, weight_decay: float) -> OptimizerFactory:
     return build
 
 
+def section_schedule(train: OptimizerSchedule, total_steps: int) -> tuple[OptimizerFactory, SchedulerFactory]:
+    """A training section's (``sft``, ``hdpo``) AdamW and its schedule over ``total_steps``: what every strategy of
+    a stage, a benchmark or a test builds from the section."""
+    return adamw_factory(train.lr, train.weight_decay), scheduler_factory(
+        warmup_steps=train.warmup_steps,
+        total_steps=total_steps,
+        schedule=train.lr_schedule,
+        min_lr_ratio=train.min_lr_ratio,
+    )
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -132,6 +146,18 @@ class LocalStrategy:
         self.optimizer = optimizer_factory(trainable_parameters(self._model))
         self.scheduler = scheduler_factory(self.optimizer)
         self.max_grad_norm = max_grad_norm
+
+    @classmethod
+    def for_section(
+        cls,
+        model: torch.nn.Module,
+        train: OptimizerSchedule,
+        total_steps: int,
+        optimizer_factory: OptimizerFactory | None = None,
+    ) -> LocalStrategy:
+        """The section's AdamW (or ``optimizer_factory``), schedule and clipping (:func:`section_schedule`)."""
+        adamw, schedule = section_schedule(train, total_steps)
+        return cls(model, optimizer_factory or adamw, schedule, max_grad_norm=train.max_grad_norm)
 
     @property
     def model(self) -> torch.nn.Module:

@@ -19,8 +19,7 @@ from polyalign_ray.loops.strategy import (
     OptimizerFactory,
     SchedulerFactory,
     Strategy,
-    adamw_factory,
-    scheduler_factory,
+    section_schedule,
 )
 
 
@@ -51,15 +50,11 @@ def training_strategy(
 ) -> Strategy:
     """The strategy both training stages build from their section (``sft`` or ``hdpo``): torch AdamW as the client
     optimizer, warmup then the configured decay over ``total_steps``, the generated DeepSpeed config."""
+    adamw, schedule = section_schedule(train, total_steps)
     return context.strategy(
         model,
-        adamw_factory(train.lr, train.weight_decay),
-        scheduler_factory(
-            warmup_steps=train.warmup_steps,
-            total_steps=total_steps,
-            schedule=train.lr_schedule,
-            min_lr_ratio=train.min_lr_ratio,
-        ),
+        adamw,
+        schedule,
         deepspeed_config(train, model_config, context.world_size),
         use_gpu=train.use_gpu,
     )

@@ -22,7 +22,7 @@ from polyalign_ray.hdpo_data import (
 )
 from polyalign_ray.loops.checkpoints import LocalCheckpointer
 from polyalign_ray.loops.hdpo import OfflinePairSource, run_hdpo, total_hdpo_steps
-from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
+from polyalign_ray.loops.strategy import LocalStrategy
 from tests.loops.tiny import TINY, make_records
 
 
@@ -82,17 +82,7 @@ def train(
     model, tokenizer, hdpo: HDPOConfig, pairs, out: Path, *, resume_from=None, reference=None, optimizer=None
 ):
     total = total_hdpo_steps(hdpo, len(pairs), 1)
-    strategy = LocalStrategy(
-        model,
-        optimizer or adamw_factory(hdpo.lr, hdpo.weight_decay),
-        scheduler_factory(
-            warmup_steps=hdpo.warmup_steps,
-            total_steps=total,
-            schedule=hdpo.lr_schedule,
-            min_lr_ratio=hdpo.min_lr_ratio,
-        ),
-        max_grad_norm=hdpo.max_grad_norm,
-    )
+    strategy = LocalStrategy.for_section(model, hdpo, total, optimizer)
     source = OfflinePairSource(
         pairs,
         pairs_per_rank=hdpo.rank_batch_size,

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from polyalign_ray.config import SamplerConfig, SFTConfig
 from polyalign_ray.loops.checkpoints import LocalCheckpointer
 from polyalign_ray.loops.sft import run_sft, total_optimizer_steps
-from polyalign_ray.loops.strategy import LocalStrategy, adamw_factory, scheduler_factory
+from polyalign_ray.loops.strategy import LocalStrategy
 from polyalign_ray.sft_data import SFTExamples, tokenize_records
 from tests.loops.tiny import TINY, make_records
 
@@ -30,17 +30,7 @@ def sgd(lr: float):
 
 
 def strategy_for(model, sft: SFTConfig, total_steps: int, optimizer=None) -> LocalStrategy:
-    return LocalStrategy(
-        model,
-        optimizer or adamw_factory(sft.lr, sft.weight_decay),
-        scheduler_factory(
-            warmup_steps=sft.warmup_steps,
-            total_steps=total_steps,
-            schedule=sft.lr_schedule,
-            min_lr_ratio=sft.min_lr_ratio,
-        ),
-        max_grad_norm=sft.max_grad_norm,
-    )
+    return LocalStrategy.for_section(model, sft, total_steps, optimizer)
 
 
 def train(
