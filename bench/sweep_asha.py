@@ -7,6 +7,9 @@ of a step's pairs whose chosen answer the policy prefers; comparable across beta
 scale both change) every ``--report-every`` optimizer steps, grace period 1, reduction factor 2. Trials run as
 many at once as the machine's CPUs allow (two on 2 cores), so ASHA has trials to compare.
 
+A third arm runs ASHA with Optuna's TPE (12 samples of the same 12 points, ``sweep.search=optuna``): ASHA works
+with any search algorithm, and this shows it end to end.
+
 Reported per arm: wall time of the trials (the shared stages excluded), trials finished and stopped, optimizer
 steps trained in all, the best trial and its aggregate; and where ASHA's best trial ranks among FIFO's.
 
@@ -64,6 +67,11 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results/sweep_asha", help="results prefix (.md and .json)")
     parser.add_argument("--report-every", type=int, default=5, help="sweep.report_every of the ASHA arm")
+    parser.add_argument(
+        "--arms",
+        default="fifo,asha,asha_optuna",
+        help="comma-separated arms to run (fifo, asha, asha_optuna)",
+    )
     args = parser.parse_args()
     work = Path(args.work).resolve()
     common = [
@@ -74,19 +82,26 @@ def main() -> None:
         f"eval.output_dir={work / 'eval'}",
         SPACE,
     ]
-    arms = {
+    asha = [
+        "sweep.scheduler=asha",
+        "sweep.early_stop_metric=rewards/accuracy",
+        "sweep.early_stop_mode=max",
+        f"sweep.report_every={args.report_every}",
+    ]
+    every_arm = {
         "fifo": [f"sweep.output_dir={work / 'fifo'}", "sweep.scheduler=fifo"],
-        "asha": [
-            f"sweep.output_dir={work / 'asha'}",
-            "sweep.scheduler=asha",
-            "sweep.early_stop_metric=rewards/accuracy",
-            "sweep.early_stop_mode=max",
-            f"sweep.report_every={args.report_every}",
+        "asha": [f"sweep.output_dir={work / 'asha'}", *asha],
+        "asha_optuna": [
+            f"sweep.output_dir={work / 'asha_optuna'}",
+            *asha,
+            "sweep.search=optuna",
+            "sweep.num_samples=12",
         ],
     }
+    arms = {name: every_arm[name] for name in args.arms.split(",")}
     info, load = harness.ray_stack_info(), harness.load_before_runs()
     results: dict[str, Any] = {}
-    base = load_config(None, [*common, *arms["fifo"]])
+    base = load_config(None, [*common, *every_arm["fifo"]])
     with ray_runtime(base.ray, work / "logs"):
         began = time.perf_counter()
         shared = variant(base, pipeline={"baselines": False, "evaluate": False, "redo": []})
@@ -99,10 +114,17 @@ def main() -> None:
             results[name] = arm_result(name, summary, time.perf_counter() - began, work / name / "trials")
             print(json.dumps(results[name]))
     load["loadavg_after"] = harness.loadavg_rounded()
-    fifo, asha = results["fifo"], results["asha"]
+    fifo = (
+        results.get("fifo")
+        or json.loads(Path(f"{args.out}.json").read_text(encoding="utf-8"))["results"]["fifo"]
+    )
     fifo_order = [tuple(r[k] for k in KEYS) for r in fifo["ranking"]]
-    asha_best = tuple(asha["ranking"][0][k] for k in KEYS) if asha["ranking"] else None
-    results["asha_best_rank_in_fifo"] = fifo_order.index(asha_best) + 1 if asha_best in fifo_order else None
+    for name in [a for a in arms if a != "fifo"]:
+        arm = results[name]
+        best = tuple(arm["ranking"][0][k] for k in KEYS) if arm["ranking"] else None
+        arm["best_rank_in_fifo"] = fifo_order.index(best) + 1 if best in fifo_order else None
+        arm["points"] = len({tuple(r[k] for k in KEYS) for r in arm["ranking"]})
+    results["fifo"] = fifo
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(
         json.dumps({"info": info, "load": load, "results": results}, indent=1), encoding="utf-8"
@@ -126,17 +148,19 @@ def main() -> None:
         "| arm | trials wall s | done | stopped | failed | optimizer steps trained | best (lambda, beta) | best aggregate |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for r in (fifo, asha):
+    for r in [fifo, *(results[a] for a in arms if a != "fifo")]:
         best = r["ranking"][0] if r["ranking"] else {}
         lines.append(
             f"| {r['arm']} | {r['trials_s']:.0f} | {r['done']} | {r['stopped']} | {r['failed']} | "
             f"{r['steps_trained']} | {tuple(best.get(k) for k in KEYS)} | {best.get('aggregate', float('nan')):.4f} |"
         )
-    lines += [
-        "",
-        f"ASHA's best trial is number {results['asha_best_rank_in_fifo']} of FIFO's ranking "
-        f"(FIFO: {fifo_ranking}).",
-    ]
+    lines += ["", f"FIFO's ranking (aggregate): {fifo_ranking}.", ""]
+    for name in [a for a in arms if a != "fifo"]:
+        arm = results[name]
+        lines.append(
+            f"- {name}: its best trial is number {arm['best_rank_in_fifo']} of FIFO's 12; it finished "
+            f"{arm['points']} distinct point(s)."
+        )
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

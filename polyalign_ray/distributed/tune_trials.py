@@ -36,6 +36,7 @@ import ray
 from ray import tune
 
 from polyalign_ray.config import ConfigError, PolyAlignConfig, SweepConfig, config_from_dict, config_to_dict
+from polyalign_ray.distributed.placement_groups import remove_orphaned_placement_groups
 from polyalign_ray.stages.pipeline import (
     PER_SEED_FOLDERS,
     pipeline_stages,
@@ -254,6 +255,22 @@ def scheduler(config: PolyAlignConfig) -> Any:
     )
 
 
+class ReleaseStoppedTrialPlacementGroups(tune.Callback):
+    """Frees the Train placement groups of trials that ASHA stopped (or that died otherwise), from the driver's
+    Tune loop, at most once per ``every_s``: without it each stopped trial keeps its CPUs until the sweep ends
+    (``placement_groups.py`` says why Ray keeps them)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.last_check = 0.0
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        now = time.monotonic()
+        if now - self.last_check >= self.every_s:
+            self.last_check = now
+            remove_orphaned_placement_groups()
+
+
 def baseline_folders(config: PolyAlignConfig, baseline: str, seeds: list[int]) -> list[Path]:
     """The baseline run's evaluation folder per seed (the multi-seed pipeline's layout), or the single one."""
     if seeds:
@@ -345,10 +362,16 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
             search_alg=search_algorithm(config),
             scheduler=scheduler(config),
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(out),
+            verbose=1,
+            callbacks=[ReleaseStoppedTrialPlacementGroups()],
+        ),
     )
     began = time.perf_counter()
     results = tuner.fit()
+    remove_orphaned_placement_groups()  # the last trials' (the callback may not run after their stop)
     rows = []
     for number, result in enumerate(results):
         metrics = result.metrics or {}

@@ -1,4 +1,4 @@
-"""A 2-trial Ray Tune sweep over ``hdpo.lr`` with ASHA on the tiny setup of the session fixtures: each trial trains
+"""A 3-trial Ray Tune sweep over ``hdpo.lr`` with ASHA on the tiny setup of the session fixtures: each trial trains
 HDPO on Ray Train and evaluates it, unless ASHA stops it; the table, best.yaml and plot are written; best.yaml run
 again through the pipeline reproduces the best trial's objective."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from polyalign_ray.config import load_config
+from polyalign_ray.distributed.placement_groups import placement_group_records
 from polyalign_ray.distributed.tune_trials import run_sweep, sweep_plan
 from polyalign_ray.stages.pipeline import mark_stage_done, pipeline_stages, run_pipeline, variant
 from tests.ray.test_hdpo_ray import hdpo_config
@@ -29,8 +30,10 @@ def test_sweep_with_asha_stops_the_trial_that_learns_nothing(
     data_dir, zero3_run, critic_bundle, tmp_path: Path
 ) -> None:
     """Issue 16: trials report the HDPO loss every 2 steps; ASHA keeps the better half at each milestone. The second
-    trial (lr 1e-9: its loss never falls) reaches the first milestone after the first trial, is worse there, and is
-    stopped before its last step and before its evaluation; the best point is the trial that ran to its end."""
+    and third trials (lr 1e-9 and 2e-9: their loss never falls) reach the first milestone after the first trial, are
+    worse there, and are stopped before their last step and before their evaluation; the best point is the trial
+    that ran to its end. One trial at a time on 2 CPUs: the third starts only because the second's Train placement
+    group was released when ASHA stopped it (without that, the sweep waits forever)."""
     sweep_dir = tmp_path / "sweep"
     # long enough that ASHA's stop (the report at step 2, then Tune's decision, a second or two) lands mid-training
     steps = 400  # about 10 s of training here
@@ -45,7 +48,7 @@ def test_sweep_with_asha_stops_the_trial_that_learns_nothing(
         *EVAL,
         f"eval.output_dir={tmp_path / 'eval'}",
         f"sweep.output_dir={sweep_dir}",
-        "sweep.space={hdpo.lr: [0.003, 1.0e-9]}",
+        "sweep.space={hdpo.lr: [0.003, 1.0e-9, 2.0e-9]}",
         "sweep.scheduler=asha",
         "sweep.early_stop_metric=loss",
         "sweep.report_every=2",
@@ -62,7 +65,14 @@ def test_sweep_with_asha_stops_the_trial_that_learns_nothing(
     summary = run_sweep(config)
 
     rows = summary["trials"]
-    assert [(r["hdpo.lr"], r["status"]) for r in rows] == [(0.003, "done"), (1.0e-9, "stopped")], rows
+    assert [(r["hdpo.lr"], r["status"]) for r in rows] == [
+        (0.003, "done"),
+        (1.0e-9, "stopped"),
+        (2.0e-9, "stopped"),
+    ], rows
+    # every Train placement group (made by a Train controller actor) is gone, the stopped trials' too
+    actor_groups = [record for record in placement_group_records() if record.live and record.made_by_actor]
+    assert not actor_groups, actor_groups
     assert isinstance(rows[0]["aggregate"], float) and 0 <= rows[0]["aggregate"] <= 1
     for stage in plan.prefix:  # shared stages were not trained again
         marker = json.loads(
@@ -73,12 +83,14 @@ def test_sweep_with_asha_stops_the_trial_that_learns_nothing(
         assert marker["seconds"] == 0.0
     good = Path(rows[0]["trial_folder"])
     assert len((good / "hdpo" / "metrics.jsonl").read_text().splitlines()) == steps
-    # the stopped trial reported no objective; its folder is found from its id (it never reported a folder)
-    (bad,) = [f for f in (sweep_dir / "trials").iterdir() if f != good]
-    assert len((bad / "hdpo" / "metrics.jsonl").read_text().splitlines()) < steps
-    assert not (bad / "eval" / "hdpo" / "report.json").exists()
+    # the stopped trials reported no objective; their folders are found from their ids (never reported)
+    stopped = [f for f in (sweep_dir / "trials").iterdir() if f != good]
+    assert len(stopped) == 2
+    for bad in stopped:
+        assert len((bad / "hdpo" / "metrics.jsonl").read_text().splitlines()) < steps
+        assert not (bad / "eval" / "hdpo" / "report.json").exists()
     table = list(csv.DictReader((sweep_dir / "trials.csv").open()))
-    assert len(table) == 2 and {"hdpo.lr", "aggregate", "status"} <= set(table[0])
+    assert len(table) == 3 and {"hdpo.lr", "aggregate", "status"} <= set(table[0])
     assert "hdpo.lr" in (sweep_dir / "trials.md").read_text()
     assert (sweep_dir / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
