@@ -292,6 +292,56 @@ def window_line(step: int, window: list[np.ndarray], seconds: float) -> dict[str
     return line
 
 
+def accumulate_step(
+    strategy: Strategy,
+    pairs: list[TokenizedPair],
+    *,
+    hdpo: HDPOConfig,
+    pad_id: int,
+    weight_mean: float,
+    global_pairs: int,
+    reference_model: torch.nn.Module | None,
+    probe: StepProbe,
+    labelled_only: bool,
+) -> np.ndarray:
+    """Forward, loss and backward of each of the step's ``grad_accum_steps`` micro-batches (gradients accumulate in
+    the strategy); returns this rank's :data:`STEP_SUMS` vector."""
+    sums = np.zeros(len(STEP_SUMS), dtype=np.float64)
+    for k in range(hdpo.grad_accum_steps):
+        chunk = pairs[k * hdpo.micro_batch_size : (k + 1) * hdpo.micro_batch_size]
+        with probe.phase("batch"):
+            batch = {key: value.to(strategy.device) for key, value in collate_pairs(chunk, pad_id).items()}
+        probe.batch(batch)
+        loss, micro_sums = micro_batch_step(
+            strategy.model,
+            batch,
+            hdpo=hdpo,
+            weight_mean=weight_mean,
+            global_pairs=global_pairs,
+            reference_model=reference_model,
+            probe=probe,
+            labelled_only=labelled_only,
+        )
+        with probe.phase("backward"):
+            strategy.backward(loss)
+        sums += np.asarray([micro_sums[name] for name in STEP_SUMS])
+    return sums
+
+
+def resume_step(
+    strategy: Strategy, source: PairSource, resume_from: Path | None, metrics_path: Path, rank: int
+) -> int:
+    """The step to start from: 0, or the checkpoint's step with the strategy state and the pair source's
+    position loaded (a fresh online generator is sent the resumed weights)."""
+    state = start_or_resume(strategy, resume_from, metrics_path, rank)
+    if state is None:
+        return 0
+    source.load_state(torch.load(resume_from / SOURCE_STATE_FILE, weights_only=False))
+    step = int(state["step"])
+    source.after_update(step, force_sync=True)
+    return step
+
+
 def run_hdpo(
     strategy: Strategy,
     source: PairSource,
@@ -316,15 +366,9 @@ def run_hdpo(
     metrics_path = output_dir / "metrics.jsonl"
     pairs_per_rank = hdpo.rank_batch_size
     global_pairs = pairs_per_rank * world
-    pad_id = tokenizer.pad_token_id
+
     # --- start or resume: strategy state, the pair source's position ---
-    step = 0
-    state = start_or_resume(strategy, resume_from, metrics_path, rank)
-    if state is not None:
-        source.load_state(torch.load(resume_from / SOURCE_STATE_FILE, weights_only=False))
-        step = int(state["step"])
-        source.after_update(step, force_sync=True)  # a fresh generator gets the resumed weights
-    first_step = step
+    step = first_step = resume_step(strategy, source, resume_from, metrics_path, rank)
     window: list[np.ndarray] = []
     window_seconds = 0.0
     history: list[dict[str, Any]] = []
@@ -339,29 +383,21 @@ def run_hdpo(
             pairs = source.next_pairs(step + 1)
         if len(pairs) != pairs_per_rank:
             raise RuntimeError(f"pair source gave {len(pairs)} pairs, expected {pairs_per_rank} per rank")
+
         # --- forward, loss, backward of each micro-batch ---
-        sums = np.zeros(len(STEP_SUMS), dtype=np.float64)
-        for k in range(hdpo.grad_accum_steps):
-            chunk = pairs[k * hdpo.micro_batch_size : (k + 1) * hdpo.micro_batch_size]
-            with probe.phase("batch"):
-                batch = {
-                    key: value.to(strategy.device) for key, value in collate_pairs(chunk, pad_id).items()
-                }
-            probe.batch(batch)
-            loss, micro_sums = micro_batch_step(
-                strategy.model,
-                batch,
-                hdpo=hdpo,
-                weight_mean=source.weight_mean,
-                global_pairs=global_pairs,
-                reference_model=reference_model,
-                probe=probe,
-                labelled_only=labelled_only,
-            )
-            with probe.phase("backward"):
-                strategy.backward(loss)
-            sums += np.asarray([micro_sums[name] for name in STEP_SUMS])
-        # --- step ---
+        sums = accumulate_step(
+            strategy,
+            pairs,
+            hdpo=hdpo,
+            pad_id=tokenizer.pad_token_id,
+            weight_mean=source.weight_mean,
+            global_pairs=global_pairs,
+            reference_model=reference_model,
+            probe=probe,
+            labelled_only=labelled_only,
+        )
+
+        # --- step (and the new weights to the pair source) ---
         with probe.phase("optimizer_step"):
             grad_norm = strategy.optimizer_step()
         step += 1
@@ -407,6 +443,7 @@ def run_hdpo(
                 )
         probe.step_end(step)
 
+    # --- the final model and the summary ---
     strategy.export(output_dir / "final", tokenizer, final=True)
     wall = time.perf_counter() - start
     summary = {

@@ -166,6 +166,77 @@ def log_line(
     }
 
 
+def step_batches(
+    sampler: BucketBalancedSampler, examples: SFTExamples, sft: SFTConfig, pad_id: int
+) -> tuple[list[list[tuple[str, int]]], list[dict[str, torch.Tensor]]]:
+    """This rank's slice of the step's global draw, cut into ``grad_accum_steps`` micro-batches and collated."""
+    draws = sampler.next_batch()
+    micro_draws = [
+        draws[i * sft.micro_batch_size : (i + 1) * sft.micro_batch_size] for i in range(sft.grad_accum_steps)
+    ]
+    return micro_draws, [collate(examples.take(m), pad_id) for m in micro_draws]
+
+
+def loss_denominator(
+    strategy: Strategy, sft: SFTConfig, batches: list[dict[str, torch.Tensor]]
+) -> tuple[float, int]:
+    """The step's loss denominator, fixed before any micro-batch so that accumulating micro-batches gives the same
+    gradient as one big batch: the response tokens of every rank (all-reduced) with token normalization, else the
+    global batch's examples. Also returns this rank's response tokens."""
+    local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    if sft.loss_normalization == "token":
+        summed = strategy.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64))
+        return float(summed[0]), local_tokens
+    return float(sft.global_batch_size(strategy.world_size)), local_tokens
+
+
+def reduce_step_metrics(
+    strategy: Strategy, step_loss: float, local_tokens: int, counts: torch.Tensor, nll: torch.Tensor
+) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """The step's loss, response tokens, and per-bucket examples and NLL sums, summed over ranks in one call."""
+    reduced = strategy.all_reduce_sum(
+        torch.cat([torch.tensor([step_loss, float(local_tokens)], dtype=torch.float64), counts, nll])
+    )
+    n = len(counts)
+    return float(reduced[0]), float(reduced[1]), reduced[2 : 2 + n], reduced[2 + n :]
+
+
+def sft_summary(
+    *,
+    total_steps: int,
+    first_step: int,
+    world: int,
+    history: list[float],
+    tokens_seen: float,
+    wall: float,
+    cumulative: torch.Tensor,
+    sampler: BucketBalancedSampler,
+    sampler_config: SamplerConfig,
+    sizes: dict[str, int],
+    weight_of: dict[str, float],
+    output_dir: Path,
+) -> dict[str, Any]:
+    """What ``summary.json`` says of a finished run: steps, losses, throughput, bucket counts against the target
+    shares, the loss weights and where the final model is."""
+    return {
+        "steps": total_steps,
+        "resumed_from_step": first_step,
+        "world_size": world,
+        "first_loss": history[0] if history else None,
+        "final_loss": history[-1] if history else None,
+        "losses": history,
+        "tokens_seen": tokens_seen,
+        "tokens_per_s": tokens_seen / max(wall, 1e-9),
+        "wall_s": wall,
+        "bucket_counts": {b: int(cumulative[i]) for i, b in enumerate(sampler.buckets)},
+        "bucket_shares_target": sampler.shares
+        if sampler_config.mode == "sampler"
+        else {b: n / sum(sizes.values()) for b, n in sizes.items()},
+        "loss_weights": weight_of,
+        "final_model": str(output_dir / "final"),
+    }
+
+
 def run_sft(
     strategy: Strategy,
     examples: SFTExamples,
@@ -190,7 +261,6 @@ def run_sft(
     total_steps = total_optimizer_steps(sft, sum(sizes.values()), world)
     sampler, weight_of = bucket_sampler(sizes, sft, sampler_config, world=world, rank=rank, steps=total_steps)
     bucket_index = {b: i for i, b in enumerate(sampler.buckets)}
-    pad_id = tokenizer.pad_token_id
 
     # --- start or resume: strategy state, sampler position, cumulative bucket counts ---
     state = start_or_resume(strategy, resume_from, metrics_path, rank)
@@ -209,19 +279,8 @@ def run_sft(
         # --- batch: this rank's slice of the global draw, and the step's loss denominator ---
         step_start = time.perf_counter()
         with probe.phase("batch"):
-            draws = sampler.next_batch()
-            micro_draws = [
-                draws[i * sft.micro_batch_size : (i + 1) * sft.micro_batch_size]
-                for i in range(sft.grad_accum_steps)
-            ]
-            batches = [collate(examples.take(m), pad_id) for m in micro_draws]
-        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        if sft.loss_normalization == "token":
-            denominator = float(
-                strategy.all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64))[0]
-            )
-        else:
-            denominator = float(sft.global_batch_size(world))
+            micro_draws, batches = step_batches(sampler, examples, sft, tokenizer.pad_token_id)
+        denominator, local_tokens = loss_denominator(strategy, sft, batches)
 
         # --- forward, loss, backward of each micro-batch ---
         step_loss, bucket_counts, bucket_nll = forward_backward(
@@ -235,24 +294,16 @@ def run_sft(
             probe,
             labelled_only=labelled_only,
         )
+
         # --- step ---
         with probe.phase("optimizer_step"):
             grad_norm = strategy.optimizer_step()
         step = sampler.step
         maybe_fail(sft.fail_at_step, step, rank, world, output_dir)
-
         with probe.phase("metrics"):
-            reduced = strategy.all_reduce_sum(
-                torch.cat(
-                    [
-                        torch.tensor([step_loss, float(local_tokens)], dtype=torch.float64),
-                        bucket_counts,
-                        bucket_nll,
-                    ]
-                )
+            global_loss, global_tokens, counts, nll = reduce_step_metrics(
+                strategy, step_loss, local_tokens, bucket_counts, bucket_nll
             )
-        global_loss, global_tokens = float(reduced[0]), float(reduced[1])
-        counts, nll = reduced[2 : 2 + len(bucket_counts)], reduced[2 + len(bucket_counts) :]
         cumulative += counts
         tokens_seen += global_tokens
         history.append(global_loss)
@@ -286,23 +337,20 @@ def run_sft(
                 )
         probe.step_end(step)
 
+    # --- the final model and the summary ---
     strategy.export(output_dir / "final", tokenizer, final=True)
-    wall = time.perf_counter() - start
-    summary = {
-        "steps": total_steps,
-        "resumed_from_step": first_step,
-        "world_size": world,
-        "first_loss": history[0] if history else None,
-        "final_loss": history[-1] if history else None,
-        "losses": history,
-        "tokens_seen": tokens_seen,
-        "tokens_per_s": tokens_seen / max(wall, 1e-9),
-        "wall_s": wall,
-        "bucket_counts": {b: int(cumulative[i]) for b, i in bucket_index.items()},
-        "bucket_shares_target": sampler.shares
-        if sampler_config.mode == "sampler"
-        else {b: n / sum(sizes.values()) for b, n in sizes.items()},
-        "loss_weights": weight_of,
-        "final_model": str(output_dir / "final"),
-    }
+    summary = sft_summary(
+        total_steps=total_steps,
+        first_step=first_step,
+        world=world,
+        history=history,
+        tokens_seen=tokens_seen,
+        wall=time.perf_counter() - start,
+        cumulative=cumulative,
+        sampler=sampler,
+        sampler_config=sampler_config,
+        sizes=sizes,
+        weight_of=weight_of,
+        output_dir=output_dir,
+    )
     return write_summary(output_dir, summary, rank)
