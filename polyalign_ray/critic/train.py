@@ -262,30 +262,18 @@ def split_kinds(examples: Sequence[CriticExample]) -> list[CriticExample]:
     return [e for e in examples if e.kind in ("human", "model", "")]
 
 
-def train_critic(
+def critic_metadata(
     examples: Sequence[CriticExample],
+    train_features: np.ndarray,
+    targets: np.ndarray,
     config: CriticConfig,
     *,
-    encoder: FrozenLMEncoder | None = None,
-    encoder_model: str = "",
-) -> tuple[CriticModel, dict[str, Any], dict[str, Any]]:
-    """Train on the non-held-out examples; returns (model, bundle metadata, summary with the gates).
-
-    ``encoder`` (with ``encoder_model``, its path) is required for ``critic.encoder=frozen_lm``. The summary's
-    ``gates_passed`` says whether the held-out gates hold; the caller refuses to save a critic that fails them.
-    """
-    if (config.encoder == "frozen_lm") != (encoder is not None):
-        raise ValueError("critic.encoder=frozen_lm needs a FrozenLMEncoder, hashed_ngrams must not get one")
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    train = [e for e in examples if not e.heldout]
-    heldout = [e for e in examples if e.heldout]
-    if not train or not heldout:
-        raise CriticQualityError("the critic needs train and held-out (val) examples; check the data splits")
-    train_features = features_matrix([e.text for e in train])
-    targets = np.asarray([e.target for e in train], dtype=np.float64)
-    meta: dict[str, Any] = {
+    encoder: FrozenLMEncoder | None,
+    encoder_model: str,
+) -> dict[str, Any]:
+    """What the bundle's ``critic.json`` holds and the model is built from: the bucket vocabulary, the train
+    statistics of features and targets (inputs and outputs are standardized with them), the encoder and sizes."""
+    return {
         "version": 1,
         "encoder": config.encoder,
         "encoder_model": encoder_model,
@@ -304,14 +292,20 @@ def train_critic(
             "boundary_dim": config.boundary_dim if encoder is None else 0,
         },
     }
-    model = build_critic_model(meta)
-    inputs = critic_inputs(
-        [e.text for e in train],
-        [e.bucket for e in train],
-        meta,
-        use_features=config.use_features,
-        encoder=encoder,
-    )
+
+
+def fit_critic(
+    model: CriticModel,
+    inputs: Any,
+    train: Sequence[CriticExample],
+    targets: np.ndarray,
+    meta: dict[str, Any],
+    config: CriticConfig,
+    rng: np.random.Generator,
+) -> list[float]:
+    """``config.epochs`` passes of Huber on standardized targets plus the two ranking hinges (human below SFT
+    answer; original below its corrupted copy, each with its own weight and batch of pairs); returns the mean loss
+    per epoch."""
     target_t = torch.as_tensor(targets, dtype=torch.float32)
     mu, sd = meta["target_mean"], meta["target_std"]
     all_pairs = human_model_pairs(train)
@@ -350,34 +344,13 @@ def train_critic(
             optimizer.step()
             epoch_loss += float(loss.detach())
         history.append(epoch_loss / steps_per_epoch)
+    return history
 
-    heldout_inputs = critic_inputs(
-        [e.text for e in heldout],
-        [e.bucket for e in heldout],
-        meta,
-        use_features=config.use_features,
-        encoder=encoder,
-    )
-    heldout_pred = predict(model, heldout_inputs)
-    train_pred = predict(model, inputs)
-    plain_heldout = [i for i, e in enumerate(heldout) if e.kind in ("human", "model", "")]
-    plain_train = [i for i, e in enumerate(train) if e.kind in ("human", "model", "")]
-    summary: dict[str, Any] = {
-        "train_examples": len(train),
-        "heldout_examples": len(heldout),
-        "train_human": sum(e.kind in ("human", "") and e.is_human for e in train),
-        "train_model": sum(e.kind in ("model", "") and not e.is_human for e in train),
-        "train_corrupted": len(train) - len(plain_train),
-        "epochs": config.epochs,
-        "loss_per_epoch": history,
-        "seconds": time.perf_counter() - start,
-        **quality_report(heldout_pred[plain_heldout], split_kinds(heldout), prefix="heldout_"),
-        **quality_report(train_pred[plain_train], split_kinds(train), prefix="train_"),
-        **corruption_report(heldout_pred, heldout, prefix="heldout_"),
-    }
-    spread_ratio = summary["heldout_prediction_std"] / max(summary["heldout_target_std"], 1e-12)
-    summary["heldout_spread_ratio"] = spread_ratio
+
+def gate_failures(summary: dict[str, Any], config: CriticConfig) -> tuple[list[str], list[str]]:
+    """The held-out gates: (failures, each naming the key that sets its bar; notes on kinds too rare to gate)."""
     failures = []
+    spread_ratio = summary["heldout_spread_ratio"]
     if not spread_ratio >= config.min_prediction_std_ratio:
         failures.append(
             f"predictions collapsed: std {summary['heldout_prediction_std']:.4g} is {spread_ratio:.3g} x the "
@@ -401,6 +374,74 @@ def train_critic(
                 f"(critic.min_corruption_farther_rate={config.min_corruption_farther_rate}): the critic is blind "
                 "to them; train longer (critic.epochs) or on more corrupted answers (critic.corruptions_per_prompt)"
             )
+    return failures, notes
+
+
+def train_critic(
+    examples: Sequence[CriticExample],
+    config: CriticConfig,
+    *,
+    encoder: FrozenLMEncoder | None = None,
+    encoder_model: str = "",
+) -> tuple[CriticModel, dict[str, Any], dict[str, Any]]:
+    """Train on the non-held-out examples; returns (model, bundle metadata, summary with the gates).
+
+    ``encoder`` (with ``encoder_model``, its path) is required for ``critic.encoder=frozen_lm``. The summary's
+    ``gates_passed`` says whether the held-out gates hold; the caller refuses to save a critic that fails them.
+    """
+    if (config.encoder == "frozen_lm") != (encoder is not None):
+        raise ValueError("critic.encoder=frozen_lm needs a FrozenLMEncoder, hashed_ngrams must not get one")
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train = [e for e in examples if not e.heldout]
+    heldout = [e for e in examples if e.heldout]
+    if not train or not heldout:
+        raise CriticQualityError("the critic needs train and held-out (val) examples; check the data splits")
+    targets = np.asarray([e.target for e in train], dtype=np.float64)
+    meta = critic_metadata(
+        examples,
+        features_matrix([e.text for e in train]),
+        targets,
+        config,
+        encoder=encoder,
+        encoder_model=encoder_model,
+    )
+    model = build_critic_model(meta)
+
+    def inputs_of(split: list[CriticExample]) -> Any:
+        return critic_inputs(
+            [e.text for e in split],
+            [e.bucket for e in split],
+            meta,
+            use_features=config.use_features,
+            encoder=encoder,
+        )
+
+    inputs = inputs_of(train)
+    history = fit_critic(model, inputs, train, targets, meta, config, rng)
+
+    heldout_pred = predict(model, inputs_of(heldout))
+    train_pred = predict(model, inputs)
+    plain_heldout = [i for i, e in enumerate(heldout) if e.kind in ("human", "model", "")]
+    plain_train = [i for i, e in enumerate(train) if e.kind in ("human", "model", "")]
+    summary: dict[str, Any] = {
+        "train_examples": len(train),
+        "heldout_examples": len(heldout),
+        "train_human": sum(e.kind in ("human", "") and e.is_human for e in train),
+        "train_model": sum(e.kind in ("model", "") and not e.is_human for e in train),
+        "train_corrupted": len(train) - len(plain_train),
+        "epochs": config.epochs,
+        "loss_per_epoch": history,
+        "seconds": time.perf_counter() - start,
+        **quality_report(heldout_pred[plain_heldout], split_kinds(heldout), prefix="heldout_"),
+        **quality_report(train_pred[plain_train], split_kinds(train), prefix="train_"),
+        **corruption_report(heldout_pred, heldout, prefix="heldout_"),
+    }
+    summary["heldout_spread_ratio"] = summary["heldout_prediction_std"] / max(
+        summary["heldout_target_std"], 1e-12
+    )
+    failures, notes = gate_failures(summary, config)
     summary["gate_notes"] = notes
     summary["gates_passed"] = not failures
     summary["gate_failures"] = failures
