@@ -19,6 +19,7 @@ import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -251,6 +252,19 @@ def ray_stack_info() -> dict[str, Any]:
 def local_timestamp() -> str:
     """Now, to the second, with the local UTC offset: the date of a run in its rows and report."""
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def git_commit() -> str:
+    """The checkout's short commit (with ``+changes`` when the tree differs from it): which code a row measured."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
 
 
 def loadavg_rounded() -> list[float]:

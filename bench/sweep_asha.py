@@ -33,6 +33,7 @@ from polyalign_ray.stages.pipeline import run_pipeline, variant
 
 SPACE = "sweep.space={hdpo.reg_lambda: [0.0, 0.1, 0.3, 1.0], hdpo.beta: [0.03, 0.1, 0.3]}"
 KEYS = ("hdpo.reg_lambda", "hdpo.beta")
+ARMS = ("fifo", "asha", "asha_optuna")
 
 
 def steps_trained(trials_dir: Path) -> int:
@@ -100,35 +101,46 @@ def main() -> None:
     }
     arms = {name: every_arm[name] for name in args.arms.split(",")}
     info, load = harness.ray_stack_info(), harness.load_before_runs()
-    results: dict[str, Any] = {}
+    out_json = Path(f"{args.out}.json")
+    earlier = json.loads(out_json.read_text(encoding="utf-8"))["results"] if out_json.is_file() else {}
+    # a partial rerun (--arms) keeps the other arms' earlier rows; each row says when and at which commit it ran
+    partial = set(arms) != set(ARMS)
+    results: dict[str, Any] = {k: v for k, v in earlier.items() if k not in arms} if partial else {}
+
+    def write_results() -> None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(
+            json.dumps({"info": info, "load": load, "results": results}, indent=1), encoding="utf-8"
+        )
+
     base = load_config(None, [*common, *every_arm["fifo"]])
     with ray_runtime(base.ray, work / "logs"):
         began = time.perf_counter()
         shared = variant(base, pipeline={"baselines": False, "evaluate": False, "redo": []})
         run_pipeline(shared, only=sweep_plan(base).prefix)
-        results["shared_stages_s"] = round(time.perf_counter() - began, 1)
+        if "shared_stages_s" not in results:  # (a partial rerun finds them trained)
+            results["shared_stages_s"] = round(time.perf_counter() - began, 1)
         for name, overrides in arms.items():
             config = load_config(None, [*common, *overrides])
             began = time.perf_counter()
             summary = run_sweep(config)
-            results[name] = arm_result(name, summary, time.perf_counter() - began, work / name / "trials")
+            results[name] = {
+                **arm_result(name, summary, time.perf_counter() - began, work / name / "trials"),
+                "measured": harness.local_timestamp(),
+                "commit": harness.git_commit(),
+                "loadavg_after": harness.loadavg_rounded(),
+            }
             print(json.dumps(results[name]))
+            write_results()
     load["loadavg_after"] = harness.loadavg_rounded()
-    fifo = (
-        results.get("fifo")
-        or json.loads(Path(f"{args.out}.json").read_text(encoding="utf-8"))["results"]["fifo"]
-    )
+    fifo = results["fifo"]
     fifo_order = [tuple(r[k] for k in KEYS) for r in fifo["ranking"]]
-    for name in [a for a in arms if a != "fifo"]:
+    for name in [a for a in ARMS if a != "fifo" and a in results]:
         arm = results[name]
         best = tuple(arm["ranking"][0][k] for k in KEYS) if arm["ranking"] else None
         arm["best_rank_in_fifo"] = fifo_order.index(best) + 1 if best in fifo_order else None
         arm["points"] = len({tuple(r[k] for k in KEYS) for r in arm["ranking"]})
-    results["fifo"] = fifo
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(
-        json.dumps({"info": info, "load": load, "results": results}, indent=1), encoding="utf-8"
-    )
+    write_results()
     lines = [
         "# Sweep with and without ASHA",
         "",
@@ -145,17 +157,19 @@ def main() -> None:
         f"12 trials ({' x '.join(KEYS)}), embedded default; shared stages (data, SFT, critic) trained once before "
         f"both arms in {results['shared_stages_s']:.0f} s.",
         "",
-        "| arm | trials wall s | done | stopped | failed | optimizer steps trained | best (lambda, beta) | best aggregate |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| arm | trials wall s | done | stopped | failed | optimizer steps trained | best (lambda, beta) | best aggregate "
+        "| measured (commit, load after) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
-    for r in [fifo, *(results[a] for a in arms if a != "fifo")]:
+    for r in [results[a] for a in ARMS if a in results]:
         best = r["ranking"][0] if r["ranking"] else {}
         lines.append(
             f"| {r['arm']} | {r['trials_s']:.0f} | {r['done']} | {r['stopped']} | {r['failed']} | "
-            f"{r['steps_trained']} | {tuple(best.get(k) for k in KEYS)} | {best.get('aggregate', float('nan')):.4f} |"
+            f"{r['steps_trained']} | {tuple(best.get(k) for k in KEYS)} | {best.get('aggregate', float('nan')):.4f} | "
+            f"{r.get('measured', '?')} ({r.get('commit', '?')}, {r.get('loadavg_after', '?')}) |"
         )
     lines += ["", f"FIFO's ranking (aggregate): {fifo_ranking}.", ""]
-    for name in [a for a in arms if a != "fifo"]:
+    for name in [a for a in ARMS if a != "fifo" and a in results]:
         arm = results[name]
         lines.append(
             f"- {name}: its best trial is number {arm['best_rank_in_fifo']} of FIFO's 12; it finished "

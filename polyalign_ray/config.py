@@ -265,6 +265,7 @@ def training_problems(
         "warmup_steps",
         "max_failures",
         "fail_at_step",
+        "hold_at_step",
         "torch_threads",
     )
     for key in (*shared, *non_negative):
@@ -364,6 +365,9 @@ class RunControl:
     """Worker-group restarts Ray Train may do, each resuming from the latest checkpoint."""
     fail_at_step: int = 0
     """Testing hook: one rank exits abruptly once at this step (0: never)."""
+    hold_at_step: int = 0
+    """Testing hook: every rank waits once at this step until OUTPUT/.release_step_N exists (at most 300 s), after
+    writing .held_at_step_N; a test removes a node meanwhile (0: never)."""
 
 
 @dataclasses.dataclass(frozen=True)

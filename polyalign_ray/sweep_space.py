@@ -173,7 +173,8 @@ def aggregate_points(
         done = [r for r in members if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
         point: dict[str, Any] = {k: members[0].get(k) for k in keys}
         point["seeds_done"] = len(done)
-        point["seeds"] = sorted(r.get("seed") for r in members)
+        # without sweep.seeds a point's trials carry no seed (Optuna and random search may draw a point twice)
+        point["seeds"] = sorted(r["seed"] for r in members if r.get("seed") is not None)
         point["trials"] = [r["trial"] for r in members]
         values = [r[metric] for r in done]
         point[metric] = sum(values) / len(values) if values else None

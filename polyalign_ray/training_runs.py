@@ -42,13 +42,16 @@ RUN_OUTPUTS = (
     "pairs",
     "pairs.jsonl",
     "pair_counts.json",
+    "workers.jsonl",
     RUN_FILE,
 )
 """What a training run writes into its output folder (moved aside together when a new run starts). Files of the
-testing hook ``fail_at_step`` (``.failed_at_step_N``) move too."""
+testing hooks ``fail_at_step`` and ``hold_at_step`` (``.failed_at_step_N``, ``.held_at_step_N``,
+``.release_step_N``) move too."""
 OPERATIONAL_KEYS = (
     "output_dir",
     "fail_at_step",
+    "hold_at_step",
     "max_failures",
     "keep_checkpoints",
     "checkpoint_every",
@@ -131,7 +134,8 @@ def write_json_atomically(path: Path, payload: Any) -> None:
 def previous_outputs(output_dir: Path) -> list[Path]:
     """The files and folders of an earlier run in ``output_dir``."""
     found = [output_dir / name for name in RUN_OUTPUTS if (output_dir / name).exists()]
-    return found + sorted(output_dir.glob(".failed_at_step_*"))
+    hooks = [*output_dir.glob(".failed_at_step_*"), *output_dir.glob(".held_at_step_*")]
+    return found + sorted([*hooks, *output_dir.glob(".release_step_*")])
 
 
 def move_aside(output_dir: Path, outputs: list[Path], resume_from: str = "") -> str:

@@ -96,11 +96,34 @@ class RayWorkerContext:
         return DeepSpeedStrategy(model, optimizer_factory, scheduler_factory, ds_config, use_gpu=use_gpu)
 
 
+WORKERS_FILE = "workers.jsonl"
+
+
+def record_worker(output_dir: Path, context: RayWorkerContext) -> None:
+    """One line per worker start in ``OUTPUT/workers.jsonl``: rank, Ray node, process and the step of the
+    checkpoint it resumed from (none on a fresh start). After a restart it shows where the group went again; the
+    multi-node test reads placement from it."""
+    step = None
+    if context.restore_path is not None:
+        step = json.loads((context.restore_path / STATE_FILE).read_text(encoding="utf-8"))["step"]
+    line = {
+        "rank": context.rank,
+        "world_size": context.world_size,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "resumed_from_step": step,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / WORKERS_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
 def _worker_entry(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: the stage's body with this worker's context (the local copy of a restored
     checkpoint is removed afterwards)."""
     configure_worker_logging()
     context = RayWorkerContext()
+    record_worker(Path(loop_config["output_dir"]), context)
     try:
         loop_config["body"](context, loop_config["payload"])
     finally:
@@ -122,7 +145,7 @@ def deepspeed_trainer(
     A run folder that already holds checkpoints is continued from the latest one."""
     return TorchTrainer(
         _worker_entry,
-        train_loop_config={"body": body, "payload": payload},
+        train_loop_config={"body": body, "payload": payload, "output_dir": str(output_dir)},
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,

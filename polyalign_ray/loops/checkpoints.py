@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +68,20 @@ def maybe_fail(fail_at_step: int, step: int, rank: int, world_size: int, output_
     if fail_at_step == step and rank == world_size - 1 and not marker.exists():
         marker.touch()
         os._exit(1)
+
+
+def maybe_hold(hold_at_step: int, step: int, rank: int, output_dir: Path, timeout_s: float = 300.0) -> None:
+    """Testing hook: every rank waits, once, at ``hold_at_step`` until ``.release_step_N`` exists (rank 0 first
+    writes ``.held_at_step_N``), so a test can remove a Ray node while the run is known to be mid-training."""
+    held = output_dir / f".held_at_step_{step}"
+    release = output_dir / f".release_step_{step}"
+    if hold_at_step != step or release.exists():
+        return
+    if rank == 0:
+        held.touch()
+    deadline = time.monotonic() + timeout_s
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def start_or_resume(

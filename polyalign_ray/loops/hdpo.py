@@ -29,6 +29,7 @@ from polyalign_ray.logprobs import response_log_probs
 from polyalign_ray.loops.checkpoints import (
     Checkpointer,
     maybe_fail,
+    maybe_hold,
     save_checkpoint,
     start_or_resume,
     write_metrics_line,
@@ -402,6 +403,7 @@ def run_hdpo(
             grad_norm = strategy.optimizer_step()
         step += 1
         maybe_fail(hdpo.fail_at_step, step, rank, world, output_dir)
+        maybe_hold(hdpo.hold_at_step, step, rank, output_dir)
         with probe.phase("metrics"):
             reduced = strategy.all_reduce_sum(torch.from_numpy(sums)).numpy()
         checkpoint_now = (hdpo.checkpoint_every and step % hdpo.checkpoint_every == 0) or step == total_steps

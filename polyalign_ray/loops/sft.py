@@ -27,6 +27,7 @@ from polyalign_ray.logprobs import response_log_probs
 from polyalign_ray.loops.checkpoints import (
     Checkpointer,
     maybe_fail,
+    maybe_hold,
     save_checkpoint,
     start_or_resume,
     write_metrics_line,
@@ -300,6 +301,7 @@ def run_sft(
             grad_norm = strategy.optimizer_step()
         step = sampler.step
         maybe_fail(sft.fail_at_step, step, rank, world, output_dir)
+        maybe_hold(sft.hold_at_step, step, rank, output_dir)
         with probe.phase("metrics"):
             global_loss, global_tokens, counts, nll = reduce_step_metrics(
                 strategy, step_loss, local_tokens, bucket_counts, bucket_nll

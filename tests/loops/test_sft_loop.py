@@ -182,3 +182,30 @@ def test_lora_trains_only_adapters_and_exports_merged_and_adapter(
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.allclose(reloaded(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
     assert summary["steps"] == 8
+
+
+def test_hold_at_step_waits_for_the_release_file_once(tmp_path: Path) -> None:
+    """The multi-node test's hook: rank 0 announces the hold, every rank waits for the release file; once released,
+    passing the same step again (after a restart) does not wait."""
+    import threading
+    import time
+
+    from polyalign_ray.loops.checkpoints import maybe_hold
+
+    maybe_hold(3, 2, 0, tmp_path, timeout_s=5)  # another step: no wait, no marker
+    assert not (tmp_path / ".held_at_step_2").exists()
+
+    def release() -> None:
+        while not (tmp_path / ".held_at_step_3").exists():
+            time.sleep(0.01)
+        time.sleep(0.3)
+        (tmp_path / ".release_step_3").touch()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    maybe_hold(3, 3, 0, tmp_path, timeout_s=30)
+    assert (tmp_path / ".release_step_3").exists()  # it returned on the release, not at once
+    releaser.join()
+    began = time.perf_counter()
+    maybe_hold(3, 3, 1, tmp_path, timeout_s=30)
+    assert time.perf_counter() - began < 10  # released already: no wait (a wait would last the 30 s timeout)

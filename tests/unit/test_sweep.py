@@ -237,6 +237,23 @@ def test_seeded_points_average_their_seeds_and_the_best_keeps_utility(tmp_path: 
     assert "| 0.1 | 2 | 0.65 | 0.6 … 0.7 |" in text and "mean F1 >= 0.0855" in text
 
 
+def test_a_point_drawn_twice_without_seeds_is_one_point_of_two_trials() -> None:
+    """Optuna (or random search) may propose the same point twice in a sweep without sweep.seeds: its trials carry
+    no seed. Found by bench/sweep_asha.py's Optuna arm, whose summary failed sorting the missing seeds."""
+    from polyalign_ray.sweep_space import aggregate_points, best_point
+
+    rows = [
+        {"trial": 0, "status": "done", "hdpo.beta": 0.3, "aggregate": 0.26},
+        {"trial": 1, "status": "done", "hdpo.beta": 0.1, "aggregate": 0.20},
+        {"trial": 2, "status": "done", "hdpo.beta": 0.3, "aggregate": 0.28},
+        {"trial": 3, "status": "stopped", "hdpo.beta": 0.03, "aggregate": float("nan")},
+    ]
+    points = {p["hdpo.beta"]: p for p in aggregate_points(rows, ["hdpo.beta"], "aggregate")}
+    assert points[0.3]["seeds"] == [] and points[0.3]["trials"] == [0, 2]
+    assert points[0.3]["aggregate"] == pytest.approx(0.27) and points[0.03]["seeds_done"] == 0
+    assert best_point(list(points.values()), "aggregate", "max")["hdpo.beta"] == 0.3
+
+
 def test_seeded_sweep_config_errors_name_the_fix() -> None:
     from polyalign_ray.config import ConfigError, load_config
 

@@ -1,0 +1,74 @@
+"""A multi-node run on one machine, in its own process (the test session's Ray instance stays as it is):
+``ray.cluster_utils.Cluster`` starts a head without CPUs (the driver and Ray Train's controller live there) and two
+worker nodes with one CPU each, so the two SFT workers land on different nodes. At step 8 every rank holds
+(``sft.hold_at_step``); the node of rank 1 is removed and a fresh one added; Ray Train restarts the group from the
+last checkpoint under ``storage_path`` (the run folder stands for shared storage) and the run completes.
+
+    python -m tests.ray.multinode_sft DATA_DIR OUT_DIR     # writes OUT_DIR/multinode.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+HOLD_STEP = 8
+
+
+def main(data_dir: Path, out: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from polyalign_ray.stages.sft import run_sft_stage
+    from tests.ray.tiny_run import sft_config
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 128 * 2**20},
+    )
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    events: dict[str, object] = {"head": ray.get_runtime_context().get_node_id()}
+    run = out / "sft"
+
+    def remove_the_node_of_rank_1() -> None:
+        """When the ranks hold at step 8: remove rank 1's node, add a fresh one, release the ranks."""
+        while not (run / f".held_at_step_{HOLD_STEP}").exists():
+            time.sleep(0.05)
+        started = [json.loads(line) for line in (run / "workers.jsonl").read_text().splitlines()]
+        doomed_id = next(w["node_id"] for w in started if w["rank"] == 1)
+        doomed = next(n for n in workers if n.node_id == doomed_id)
+        cluster.remove_node(doomed, allow_graceful=False)
+        events["removed"] = doomed_id
+        events["added"] = cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20).node_id
+        (run / f".release_step_{HOLD_STEP}").touch()
+
+    killer = threading.Thread(target=remove_the_node_of_rank_1, daemon=True)
+    killer.start()
+    try:
+        summary = run_sft_stage(
+            sft_config(
+                data_dir,
+                run,
+                "sft.zero_stage=2",
+                "sft.checkpoint_every=3",
+                f"sft.hold_at_step={HOLD_STEP}",
+                "sft.max_failures=2",
+                "sft.torch_threads=1",
+            )
+        )
+    finally:
+        killer.join(timeout=5)
+        ray.shutdown()
+        cluster.shutdown()
+    (out / "multinode.json").write_text(
+        json.dumps({"summary": summary, "events": events, "first_nodes": [w.node_id for w in workers]}),
+        encoding="utf-8",
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
