@@ -34,38 +34,55 @@ def main(data_dir: Path, out: Path) -> None:
     events: dict[str, object] = {"head": ray.get_runtime_context().get_node_id()}
     run = out / "sft"
 
-    def remove_the_node_of_rank_1() -> None:
-        """When the ranks hold at step 8: remove rank 1's node, add a fresh one, release the ranks."""
-        while not (run / f".held_at_step_{HOLD_STEP}").exists():
-            time.sleep(0.05)
-        started = [json.loads(line) for line in (run / "workers.jsonl").read_text().splitlines()]
-        doomed_id = next(w["node_id"] for w in started if w["rank"] == 1)
-        doomed = next(n for n in workers if n.node_id == doomed_id)
-        cluster.remove_node(doomed, allow_graceful=False)
-        events["removed"] = doomed_id
-        events["added"] = cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20).node_id
-        (run / f".release_step_{HOLD_STEP}").touch()
+    outcome: dict[str, object] = {}
 
-    killer = threading.Thread(target=remove_the_node_of_rank_1, daemon=True)
-    killer.start()
-    try:
-        summary = run_sft_stage(
-            sft_config(
-                data_dir,
-                run,
-                "sft.zero_stage=2",
-                "sft.checkpoint_every=3",
-                f"sft.hold_at_step={HOLD_STEP}",
-                "sft.max_failures=2",
-                "sft.torch_threads=1",
+    def train() -> None:
+        """The run, in a thread: the main thread must start the new node (Ray's node start sets signal handlers)."""
+        try:
+            outcome["summary"] = run_sft_stage(
+                sft_config(
+                    data_dir,
+                    run,
+                    "sft.zero_stage=2",
+                    "sft.checkpoint_every=3",
+                    f"sft.hold_at_step={HOLD_STEP}",
+                    "sft.max_failures=2",
+                    "sft.cpus_per_worker=1",  # one worker per 1-CPU node
+                    "sft.torch_threads=1",
+                )
             )
-        )
+        except BaseException as error:  # reported through multinode.json; the test fails on it
+            outcome["error"] = repr(error)
+
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
+    try:
+        # When the ranks hold at step 8: remove rank 1's node, add a fresh one, release the ranks.
+        while not (run / f".held_at_step_{HOLD_STEP}").exists() and trainer.is_alive():
+            time.sleep(0.05)
+        try:
+            started = [json.loads(line) for line in (run / "workers.jsonl").read_text().splitlines()]
+            doomed_id = next(w["node_id"] for w in started if w["rank"] == 1)
+            doomed = next(n for n in workers if n.node_id == doomed_id)
+            cluster.remove_node(doomed, allow_graceful=False)
+            events["removed"] = doomed_id
+            events["added"] = cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20).node_id
+        finally:  # never leave the ranks held
+            (run / f".release_step_{HOLD_STEP}").touch()
+        trainer.join(timeout=480)
     finally:
-        killer.join(timeout=5)
         ray.shutdown()
         cluster.shutdown()
+    summary = outcome.get("summary")
     (out / "multinode.json").write_text(
-        json.dumps({"summary": summary, "events": events, "first_nodes": [w.node_id for w in workers]}),
+        json.dumps(
+            {
+                "summary": summary,
+                "error": outcome.get("error"),
+                "events": events,
+                "first_nodes": [w.node_id for w in workers],
+            }
+        ),
         encoding="utf-8",
     )
 

@@ -33,6 +33,7 @@ def test_zero2_on_two_nodes_survives_losing_a_node_and_matches_zero3(data_dir, z
     result = json.loads((tmp_path / "multinode.json").read_text())
     run = tmp_path / "sft"
     summary, events = result["summary"], result["events"]
+    assert result["error"] is None, result["error"]
     assert summary["resumed_from_step"] in (3, 6)
     assert summary["steps"] == 12
     starts = [json.loads(line) for line in (run / "workers.jsonl").read_text().splitlines()]
