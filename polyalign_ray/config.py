@@ -579,8 +579,11 @@ class OnlineRolloutConfig:
     """Rollout generator actors; rollout batch b goes to actor b mod n (keep ``rollout_depth`` >= n so
     they all work at once). Each holds a policy copy and the frozen reference."""
     generator_threads: int = 1
-    """On CPU: torch threads per generator actor (0: torch's default). The actors reserve no Ray CPU, so on a
-    small machine they share the trainers' cores."""
+    """On CPU: torch threads per generator actor (0: torch's default). The actors reserve no Ray CPU by default
+    (``generator_cpus``), so on a small machine they share the trainers' cores."""
+    generator_cpus: float = 0.0
+    """Ray CPUs each generator actor reserves: 0 lets it share the trainers' cores; on a cluster, a value > 0 keeps
+    generators off nodes whose CPUs the Train workers hold."""
     generation_backend: str = "hf"
     """``hf`` (HF generate, CPU or GPU) or ``package.module:ClassName``, a class with the interface of
     ``rollout_worker.HFGenerationBackend`` (e.g. a vLLM engine on GPU clusters; see docs/training.md)."""
@@ -590,7 +593,7 @@ class OnlineRolloutConfig:
         for key in ("rollouts_per_prompt", "rollout_depth", "sync_every", "num_generators"):
             if getattr(self, key) < 1:
                 out.append(f"{path}.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("generator_threads", "rollout_prompts", "max_staleness", "pair_margin"):
+        for key in ("generator_threads", "generator_cpus", "rollout_prompts", "max_staleness", "pair_margin"):
             if getattr(self, key) < 0:
                 out.append(f"{path}.{key} must be >= 0, got {getattr(self, key)}")
         if self.generation_backend != "hf" and ":" not in self.generation_backend:

@@ -65,6 +65,11 @@ class RemoteRolloutWorker(RolloutWorker):
         return self.rollout(records, seed)
 
 
+def actor_nodes(actors: list[Any]) -> list[str]:
+    """The Ray node each actor runs on now (where a restarted actor went, too): the summary's placement record."""
+    return ray.get([a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()) for a in actors])
+
+
 class OnlinePairSource:
     """:class:`~polyalign_ray.loops.hdpo.PairSource` for online HDPO (see the module docstring)."""
 
@@ -112,7 +117,10 @@ class OnlinePairSource:
             w_max=self.weight_args["w_max"],
         )
         remote = ray.remote(
-            num_cpus=0, num_gpus=1 if config.generation.use_gpu else 0, max_restarts=-1, max_task_retries=-1
+            num_cpus=hdpo.online.generator_cpus,
+            num_gpus=1 if config.generation.use_gpu else 0,
+            max_restarts=-1,
+            max_task_retries=-1,
         )(RemoteRolloutWorker)
         self.generators = [
             remote.remote(
@@ -336,6 +344,11 @@ class OnlinePairSource:
             "generator_busy_s": generator,
             "generator_busy_while_training_s": generator_overlap,
             "generator_overlap_fraction": generator_overlap / generator if generator else 0.0,
+            "actor_nodes": {
+                "generators": actor_nodes(self.generators),
+                "critic": actor_nodes(self.pool.actors),
+                "trainer_rank_0": ray.get_runtime_context().get_node_id(),
+            },
         }
 
     def close(self) -> None:

@@ -17,15 +17,19 @@ from tests.ray.tiny_run import TINY_MODEL, losses, sft_config
 pytestmark = pytest.mark.ray
 
 
-def test_zero2_on_two_nodes_survives_losing_a_node_and_matches_zero3(data_dir, zero3_run, tmp_path) -> None:
-    """Issue 15: a local multi-node cluster (``multinode_sft.py``, its own process): head without CPUs, two worker
+def test_two_nodes_lose_one_mid_sft_then_online_hdpo_spreads_over_three(
+    data_dir, zero3_run, critic_bundle, tmp_path
+) -> None:
+    """Issue 15: a local multi-node cluster (``multinode_run.py``, its own process): head without CPUs, two worker
     nodes of 1 CPU. The two SFT workers run on the two worker nodes; at step 8 rank 1's node is removed and a
     fresh node added. Ray Train restarts the group from the latest checkpoint its controller registered (step 6,
     or step 3 if the step-6 report was still queued) onto the surviving and the new node, and the run completes.
     In fp32 ZeRO-2 and ZeRO-3 compute the same updates, so the curve equals the single-node ZeRO-3 run's (1e-4):
-    the resumed steps repeat exactly what the uninterrupted run did."""
+    the resumed steps repeat exactly what the uninterrupted run did. Then online HDPO from that model on the same
+    cluster plus a third node: the two Train workers, the rollout generator and the critic actor run on three
+    different worker nodes (the actors' nodes read from the actors themselves)."""
     subprocess.run(
-        [sys.executable, "-m", "tests.ray.multinode_sft", str(data_dir), str(tmp_path)],
+        [sys.executable, "-m", "tests.ray.multinode_run", str(data_dir), str(tmp_path), str(critic_bundle)],
         check=True,
         timeout=600,
         cwd=Path(__file__).resolve().parents[2],
@@ -51,6 +55,19 @@ def test_zero2_on_two_nodes_survives_losing_a_node_and_matches_zero3(data_dir, z
     assert len(curve) == 12
     assert curve == pytest.approx(losses(zero3_run), rel=1e-4, abs=1e-4)
     assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3
+
+    source = result["online"]["source"]
+    trainers = {
+        json.loads(line)["node_id"] for line in (tmp_path / "hdpo" / "workers.jsonl").read_text().splitlines()
+    }
+    actors = {*source["actor_nodes"]["generators"], *source["actor_nodes"]["critic"]}
+    assert len(trainers) == 2 and len(actors) == 1 and not trainers & actors
+    assert source["actor_nodes"]["trainer_rank_0"] in trainers
+    assert events["head"] not in trainers | actors
+    assert source["pairs_used"] == 4 * 4
+    assert source["pairs_built"] == (
+        source["pairs_used"] + source["pairs_dropped_stale"] + source["pairs_left_in_buffer"]
+    )
 
 
 def test_zero3_loss_falls_and_checkpoint_loads(zero3_run: Path) -> None:

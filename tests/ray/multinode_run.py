@@ -2,9 +2,11 @@
 ``ray.cluster_utils.Cluster`` starts a head without CPUs (the driver and Ray Train's controller live there) and two
 worker nodes with one CPU each, so the two SFT workers land on different nodes. At step 8 every rank holds
 (``sft.hold_at_step``); the node of rank 1 is removed and a fresh one added; Ray Train restarts the group from the
-last checkpoint under ``storage_path`` (the run folder stands for shared storage) and the run completes.
+last checkpoint under ``storage_path`` (the run folder stands for shared storage) and the run completes. With a
+critic bundle, online HDPO then runs from that SFT model with a third node added: Train workers, the rollout
+generator and the critic actor on different nodes.
 
-    python -m tests.ray.multinode_sft DATA_DIR OUT_DIR     # writes OUT_DIR/multinode.json
+    python -m tests.ray.multinode_run DATA_DIR OUT_DIR [CRITIC_DIR]     # writes OUT_DIR/multinode.json
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pathlib import Path
 HOLD_STEP = 8
 
 
-def main(data_dir: Path, out: Path) -> None:
+def main(data_dir: Path, out: Path, online_critic: Path | None = None) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from polyalign_ray.stages.hdpo import run_hdpo_stage
     from polyalign_ray.stages.sft import run_sft_stage
     from tests.ray.tiny_run import sft_config
 
@@ -70,6 +73,35 @@ def main(data_dir: Path, out: Path) -> None:
         finally:  # never leave the ranks held
             (run / f".release_step_{HOLD_STEP}").touch()
         trainer.join(timeout=480)
+        if "summary" in outcome and online_critic is not None:
+            # Online HDPO on the same cluster plus a third 1-CPU node: the two Train workers take two nodes
+            # whole, so the rollout generator and the critic actor (half a CPU each) must run on the third.
+            events["online_node"] = cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20).node_id
+            try:
+                outcome["online"] = run_hdpo_stage(
+                    sft_config(
+                        data_dir,
+                        run,
+                        f"critic.output_dir={online_critic}",
+                        f"hdpo.output_dir={out / 'hdpo'}",
+                        "hdpo.mode=online",
+                        "hdpo.max_steps=4",
+                        "hdpo.micro_batch_size=2",
+                        "hdpo.lr=0.002",
+                        "hdpo.warmup_steps=1",
+                        "hdpo.zero_stage=2",
+                        "hdpo.cpus_per_worker=1",
+                        "hdpo.torch_threads=1",
+                        "hdpo.online.rollouts_per_prompt=2",
+                        "hdpo.online.pair_margin=0.0",
+                        "hdpo.online.generator_cpus=0.5",
+                        "critic.num_actors=1",
+                        "critic.actor_num_cpus=0.5",
+                        "generation.max_new_tokens=32",
+                    )
+                )
+            except BaseException as error:
+                outcome["error"] = repr(error)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -78,6 +110,7 @@ def main(data_dir: Path, out: Path) -> None:
         json.dumps(
             {
                 "summary": summary,
+                "online": outcome.get("online"),
                 "error": outcome.get("error"),
                 "events": events,
                 "first_nodes": [w.node_id for w in workers],
@@ -88,4 +121,4 @@ def main(data_dir: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
