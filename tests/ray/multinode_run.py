@@ -4,7 +4,8 @@ worker nodes with one CPU each, so the two SFT workers land on different nodes. 
 (``sft.hold_at_step``); the node of rank 1 is removed and a fresh one added; Ray Train restarts the group from the
 last checkpoint under ``storage_path`` (the run folder stands for shared storage) and the run completes. With a
 critic bundle, online HDPO then runs from that SFT model with a third node added: Train workers, the rollout
-generator and the critic actor on different nodes.
+generator and the critic actor on different nodes; then once more, losing the actors' node at step 2 while
+rollouts are in flight (a fresh node is added; Ray restarts the actors there and re-executes their calls).
 
     python -m tests.ray.multinode_run DATA_DIR OUT_DIR [CRITIC_DIR]     # writes OUT_DIR/multinode.json
 """
@@ -77,31 +78,58 @@ def main(data_dir: Path, out: Path, online_critic: Path | None = None) -> None:
             # Online HDPO on the same cluster plus a third 1-CPU node: the two Train workers take two nodes
             # whole, so the rollout generator and the critic actor (half a CPU each) must run on the third.
             events["online_node"] = cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20).node_id
-            try:
-                outcome["online"] = run_hdpo_stage(
-                    sft_config(
-                        data_dir,
-                        run,
-                        f"critic.output_dir={online_critic}",
-                        f"hdpo.output_dir={out / 'hdpo'}",
-                        "hdpo.mode=online",
-                        "hdpo.max_steps=4",
-                        "hdpo.micro_batch_size=2",
-                        "hdpo.lr=0.002",
-                        "hdpo.warmup_steps=1",
-                        "hdpo.zero_stage=2",
-                        "hdpo.cpus_per_worker=1",
-                        "hdpo.torch_threads=1",
-                        "hdpo.online.rollouts_per_prompt=2",
-                        "hdpo.online.pair_margin=0.0",
-                        "hdpo.online.generator_cpus=0.5",
-                        "critic.num_actors=1",
-                        "critic.actor_num_cpus=0.5",
-                        "generation.max_new_tokens=32",
+
+            def online(folder: str, *extra: str) -> None:
+                try:
+                    outcome[folder] = run_hdpo_stage(
+                        sft_config(
+                            data_dir,
+                            run,
+                            f"critic.output_dir={online_critic}",
+                            f"hdpo.output_dir={out / folder}",
+                            "hdpo.mode=online",
+                            "hdpo.max_steps=4",
+                            "hdpo.log_every=1",
+                            "hdpo.micro_batch_size=2",
+                            "hdpo.lr=0.002",
+                            "hdpo.warmup_steps=1",
+                            "hdpo.zero_stage=2",
+                            "hdpo.cpus_per_worker=1",
+                            "hdpo.torch_threads=1",
+                            "hdpo.online.rollouts_per_prompt=2",
+                            "hdpo.online.pair_margin=0.0",
+                            "hdpo.online.generator_cpus=0.5",
+                            "critic.num_actors=1",
+                            "critic.actor_num_cpus=0.5",
+                            "generation.max_new_tokens=32",
+                            *extra,
+                        )
                     )
-                )
-            except BaseException as error:
-                outcome["error"] = repr(error)
+                except BaseException as error:
+                    outcome["error"] = repr(error)
+
+            online("hdpo")
+            # The same run again, and at step 2 the node of the generator and the critic actor is removed while
+            # rollouts are in flight; Ray restarts both actors on a fresh node and re-executes their calls.
+            hit = out / "hdpo_hit"
+            runner = threading.Thread(target=online, args=("hdpo_hit", "hdpo.hold_at_step=2"), daemon=True)
+            runner.start()
+            while not (hit / ".held_at_step_2").exists() and runner.is_alive():
+                time.sleep(0.05)
+            try:
+                trainers = {
+                    json.loads(line)["node_id"] for line in (hit / "workers.jsonl").read_text().splitlines()
+                }
+                alive = [n for n in cluster.worker_nodes if n.node_id not in trainers]
+                (actors_node,) = alive
+                cluster.remove_node(actors_node, allow_graceful=False)
+                events["actors_node_removed"] = actors_node.node_id
+                events["actors_node_added"] = cluster.add_node(
+                    num_cpus=1, object_store_memory=128 * 2**20
+                ).node_id
+            finally:
+                (hit / ".release_step_2").touch()
+            runner.join(timeout=300)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -110,7 +138,8 @@ def main(data_dir: Path, out: Path, online_critic: Path | None = None) -> None:
         json.dumps(
             {
                 "summary": summary,
-                "online": outcome.get("online"),
+                "online": outcome.get("hdpo"),
+                "online_hit": outcome.get("hdpo_hit"),
                 "error": outcome.get("error"),
                 "events": events,
                 "first_nodes": [w.node_id for w in workers],

@@ -27,7 +27,10 @@ def test_two_nodes_lose_one_mid_sft_then_online_hdpo_spreads_over_three(
     In fp32 ZeRO-2 and ZeRO-3 compute the same updates, so the curve equals the single-node ZeRO-3 run's (1e-4):
     the resumed steps repeat exactly what the uninterrupted run did. Then online HDPO from that model on the same
     cluster plus a third node: the two Train workers, the rollout generator and the critic actor run on three
-    different worker nodes (the actors' nodes read from the actors themselves)."""
+    different worker nodes (the actors' nodes read from the actors themselves). And once more, with the actors'
+    node removed at step 2 while rollouts are in flight and a fresh node added: the actors restart there, no
+    critic item or rollout is lost or counted twice (the same pair counts), and the losses are the undisturbed
+    run's (a rollout depends on its inputs, not on its actor or node)."""
     subprocess.run(
         [sys.executable, "-m", "tests.ray.multinode_run", str(data_dir), str(tmp_path), str(critic_bundle)],
         check=True,
@@ -68,6 +71,16 @@ def test_two_nodes_lose_one_mid_sft_then_online_hdpo_spreads_over_three(
     assert source["pairs_built"] == (
         source["pairs_used"] + source["pairs_dropped_stale"] + source["pairs_left_in_buffer"]
     )
+    hit = result["online_hit"]["source"]
+    assert (
+        set(hit["actor_nodes"]["generators"])
+        == set(hit["actor_nodes"]["critic"])
+        == {events["actors_node_added"]}
+    )
+    for key in ("pairs_built", "pairs_used", "prompts", "candidates", "rollout_batches"):
+        assert hit[key] == source[key], key
+    assert losses(tmp_path / "hdpo_hit", "loss") == pytest.approx(losses(tmp_path / "hdpo", "loss"), rel=1e-6)
+    assert len(losses(tmp_path / "hdpo", "loss")) == 4
 
 
 def test_zero3_loss_falls_and_checkpoint_loads(zero3_run: Path) -> None:
