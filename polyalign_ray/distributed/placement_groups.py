@@ -20,6 +20,7 @@ table says DEAD (seen: a trial stopped just before the sweep ended), so the acto
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import ray
@@ -99,3 +100,25 @@ def remove_orphaned_placement_groups() -> list[str]:
     if removed:
         log.info("released %d placement group(s) of dead actors: %s", len(removed), removed)
     return removed
+
+
+def remove_orphaned_placement_groups_when_actors_end(timeout_s: float = 20.0) -> list[str]:
+    """At the end of a sweep: every actor of this job that made a placement group (the trials' Train controllers)
+    has ended or is ending, but the last stopped trial's controller may be reported dead a moment after Tune
+    returns. Remove orphans until no live actor-made group of this job is left, or warn after ``timeout_s``."""
+    job_id = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout_s
+    removed = remove_orphaned_placement_groups()
+    while True:
+        left = [
+            r.placement_group_id
+            for r in placement_group_records()
+            if r.live and r.made_by_actor and r.creator_job_id == job_id
+        ]
+        if not left:
+            return removed
+        if time.monotonic() > deadline:
+            log.warning("placement groups of still-running actors left after the sweep: %s", left)
+            return removed
+        time.sleep(0.2)
+        removed += remove_orphaned_placement_groups()

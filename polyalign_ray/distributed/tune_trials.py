@@ -36,7 +36,10 @@ import ray
 from ray import tune
 
 from polyalign_ray.config import ConfigError, PolyAlignConfig, SweepConfig, config_from_dict, config_to_dict
-from polyalign_ray.distributed.placement_groups import remove_orphaned_placement_groups
+from polyalign_ray.distributed.placement_groups import (
+    remove_orphaned_placement_groups,
+    remove_orphaned_placement_groups_when_actors_end,
+)
 from polyalign_ray.stages.pipeline import (
     PER_SEED_FOLDERS,
     pipeline_stages,
@@ -371,7 +374,8 @@ def run_sweep(config: PolyAlignConfig, *, echo: Any = print) -> dict[str, Any]:
     )
     began = time.perf_counter()
     results = tuner.fit()
-    remove_orphaned_placement_groups()  # the last trials' (the callback may not run after their stop)
+    # the last trials' groups: the callback may not run after their stop, and their controllers die a moment later
+    remove_orphaned_placement_groups_when_actors_end()
     rows = []
     for number, result in enumerate(results):
         metrics = result.metrics or {}

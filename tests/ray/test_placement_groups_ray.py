@@ -69,3 +69,32 @@ def test_a_killed_actors_placement_group_is_released_and_the_others_are_kept(ray
         for group_id in (kept, detached):
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
         remove_placement_group(driver_group)
+
+
+def test_at_the_end_of_a_sweep_the_group_of_an_actor_that_dies_a_moment_later_is_released(
+    ray_session,
+) -> None:
+    """The last stopped trial's Train controller is reported dead a moment after Tune returns (seen in the full
+    suite): the sweep's final pass waits for this job's actor-made groups to lose their creator, then frees them."""
+    import threading
+
+    from polyalign_ray.distributed.placement_groups import remove_orphaned_placement_groups_when_actors_end
+
+    ray = ray_session
+    from ray.util.placement_group import placement_group
+
+    @ray.remote(num_cpus=0)
+    class Maker:
+        def make(self) -> str:
+            group = placement_group([{"CPU": 1.0}])
+            ray.get(group.ready())
+            return group.id.hex()
+
+    maker = Maker.remote()
+    made = ray.get(maker.make.remote())
+    killer = threading.Timer(1.0, lambda: ray.kill(maker))
+    killer.start()
+    removed = remove_orphaned_placement_groups_when_actors_end(timeout_s=30)
+    killer.join()
+    assert removed == [made]
+    assert not [r for r in placement_group_records() if r.live and r.made_by_actor]
