@@ -70,8 +70,10 @@ def placement_group_records() -> list[PlacementGroupRecord]:
         data = gcs_pb2.PlacementGroupTableData.FromString(raw)
         actor_id = bytes(data.creator_actor_id)
         made_by_actor = bool(actor_id) and any(b != NIL_ACTOR_ID_BYTE for b in actor_id)
+        live = data.state in LIVE_STATES
+        # the actor table only where the answer matters: the table keeps every removed group of the job too
         creator_dead = data.creator_actor_dead or (
-            made_by_actor and ray._private.state.actors(actor_id.hex()).get("State") == "DEAD"
+            live and made_by_actor and ray._private.state.actors(actor_id.hex()).get("State") == "DEAD"
         )
         records.append(
             PlacementGroupRecord(
@@ -80,26 +82,26 @@ def placement_group_records() -> list[PlacementGroupRecord]:
                 made_by_actor=made_by_actor,
                 creator_actor_dead=creator_dead,
                 is_detached=data.is_detached,
-                live=data.state in LIVE_STATES,
+                live=live,
             )
         )
     return records
+
+
+def remove_groups(records: list[PlacementGroupRecord]) -> list[str]:
+    """Remove these placement groups; returns their ids."""
+    for record in records:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.placement_group_id))))
+    if records:
+        log.info("released %d placement group(s) of dead actors", len(records))
+    return [record.placement_group_id for record in records]
 
 
 def remove_orphaned_placement_groups() -> list[str]:
     """Remove this job's orphaned placement groups (:func:`is_orphaned`); returns their ids. Safe to call at any
     time from the driver: groups of the driver, of live actors, of detached actors and of other jobs are kept."""
     job_id = ray.get_runtime_context().get_job_id()
-    removed = []
-    for record in placement_group_records():
-        if is_orphaned(record, job_id):
-            remove_placement_group(
-                PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.placement_group_id)))
-            )
-            removed.append(record.placement_group_id)
-    if removed:
-        log.info("released %d placement group(s) of dead actors: %s", len(removed), removed)
-    return removed
+    return remove_groups([r for r in placement_group_records() if is_orphaned(r, job_id)])
 
 
 def remove_orphaned_placement_groups_when_actors_end(timeout_s: float = 20.0) -> list[str]:
@@ -108,17 +110,17 @@ def remove_orphaned_placement_groups_when_actors_end(timeout_s: float = 20.0) ->
     returns. Remove orphans until no live actor-made group of this job is left, or warn after ``timeout_s``."""
     job_id = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout_s
-    removed = remove_orphaned_placement_groups()
+    removed: list[str] = []
     while True:
-        left = [
-            r.placement_group_id
-            for r in placement_group_records()
-            if r.live and r.made_by_actor and r.creator_job_id == job_id
+        actor_groups = [
+            r for r in placement_group_records() if r.live and r.made_by_actor and r.creator_job_id == job_id
         ]
-        if not left:
+        orphans = [r for r in actor_groups if is_orphaned(r, job_id)]
+        removed += remove_groups(orphans)
+        if len(orphans) == len(actor_groups):
             return removed
         if time.monotonic() > deadline:
+            left = [r.placement_group_id for r in actor_groups if r not in orphans]
             log.warning("placement groups of still-running actors left after the sweep: %s", left)
             return removed
         time.sleep(0.2)
-        removed += remove_orphaned_placement_groups()

@@ -73,9 +73,11 @@ def maybe_fail(fail_at_step: int, step: int, rank: int, world_size: int, output_
 def maybe_hold(hold_at_step: int, step: int, rank: int, output_dir: Path, timeout_s: float = 300.0) -> None:
     """Testing hook: every rank waits, once, at ``hold_at_step`` until ``.release_step_N`` exists (rank 0 first
     writes ``.held_at_step_N``), so a test can remove a Ray node while the run is known to be mid-training."""
+    if hold_at_step != step:  # every step passes here: nothing else to do on the others
+        return
     held = output_dir / f".held_at_step_{step}"
     release = output_dir / f".release_step_{step}"
-    if hold_at_step != step or release.exists():
+    if release.exists():
         return
     if rank == 0:
         held.touch()
