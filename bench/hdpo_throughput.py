@@ -155,7 +155,7 @@ def run_ours(args) -> dict[str, Any]:
 
     import polyalign_ray.loops.hdpo as hdpo_module
     from polyalign_ray.config import HDPOConfig
-    from polyalign_ray.hdpo_data import reference_sequence_logps
+    from polyalign_ray.hdpo_data import InMemoryPairs, reference_sequence_logps
     from polyalign_ray.loops.probe import PHASES
 
     reference_mode = args.child_ref
@@ -193,7 +193,12 @@ def run_ours(args) -> dict[str, Any]:
             pair.reference_chosen_logps, pair.reference_rejected_logps = float(c), float(r)
 
     source = hdpo_module.OfflinePairSource(
-        pairs, pairs_per_rank=args.batch_size, world_size=1, rank=0, seed=args.seed, num_steps=total_steps
+        InMemoryPairs(pairs),
+        pairs_per_rank=args.batch_size,
+        world_size=1,
+        rank=0,
+        seed=args.seed,
+        num_steps=total_steps,
     )
     strategy = sftt.local_strategy(model, hdpo, total_steps)
 

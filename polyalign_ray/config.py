@@ -304,6 +304,11 @@ class WorkerResources:
     """ZeRO offload of the optimizer state to CPU memory (GPU runs short of memory)."""
     deepspeed_config: str = ""
     """Path to a DeepSpeed JSON whose keys override the generated config."""
+    example_store: Literal["shards", "memory"] = "shards"
+    """How the training rows (SFT examples, offline HDPO pairs) reach the workers. ``shards``: Ray Data writes them
+    as per-bucket Arrow shards under OUTPUT/shards and each worker reads only the rows it draws, so its memory
+    does not grow with the corpus (on a cluster OUTPUT must be shared storage); ``memory``: every worker receives
+    every row as a Ray Dataset and holds it (the earlier design, kept to compare). Both draw the same rows."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from polyalign_ray.bucket_shards import BucketShardReader
 from polyalign_ray.logprobs import response_log_probs
 from polyalign_ray.losses import IGNORE_INDEX, pair_weights
 from polyalign_ray.sampler import bucket_row_indices
@@ -208,7 +209,10 @@ def pairs_table(pairs: Sequence[TokenizedPair]) -> pa.Table:
 
 def pairs_from_table(table: pa.Table) -> list[TokenizedPair]:
     """:data:`PAIR_SCHEMA` rows -> tokenized pairs, sorted by ``pair_id`` (a deterministic order on every rank)."""
-    table = table.sort_by("pair_id")
+    return _pairs_of_rows(table.sort_by("pair_id"))
+
+
+def _pairs_of_rows(table: pa.Table) -> list[TokenizedPair]:
     columns = {name: table[name].to_pylist() for name in table.column_names}
     return [
         TokenizedPair(
@@ -226,6 +230,56 @@ def pairs_from_table(table: pa.Table) -> list[TokenizedPair]:
         )
         for i in range(table.num_rows)
     ]
+
+
+class PairStore(Protocol):
+    """What offline HDPO draws pairs from: pairs per bucket, the pairs of ``(bucket, index)`` draws (index in the
+    bucket's ``pair_id`` order in every store), and the mean pair weight over all of them."""
+
+    def sizes(self) -> dict[str, int]: ...
+
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[TokenizedPair]: ...
+
+    def weight_mean(self) -> float: ...
+
+
+class InMemoryPairs:
+    """Every pair held in memory, grouped by bucket in the given order."""
+
+    def __init__(self, pairs: Sequence[TokenizedPair]):
+        self.groups = pairs_by_bucket(pairs)
+        self._weight_mean = float(np.mean([p.weight for p in pairs])) if pairs else float("nan")
+
+    def sizes(self) -> dict[str, int]:
+        return {b: len(v) for b, v in self.groups.items()}
+
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[TokenizedPair]:
+        return [self.groups[b][i] for b, i in draws]
+
+    def weight_mean(self) -> float:
+        return self._weight_mean
+
+
+class ShardedPairs:
+    """Pairs read from a shard folder of :data:`PAIR_SCHEMA` rows keyed by ``pair_id`` with summed ``weight``
+    (what the HDPO stage writes): each rank reads only the pairs it draws."""
+
+    def __init__(self, directory: str, **reader_options: int):
+        self.reader = BucketShardReader(directory, **reader_options)
+        if self.reader.index["key_column"] != "pair_id":
+            raise ValueError(
+                f"{directory} holds rows keyed by {self.reader.index['key_column']!r}, not pairs"
+            )
+
+    def sizes(self) -> dict[str, int]:
+        return self.reader.sizes()
+
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[TokenizedPair]:
+        return _pairs_of_rows(self.reader.take(draws))
+
+    def weight_mean(self) -> float:
+        total = sum(self.reader.sizes().values())
+        return sum(self.reader.sums("weight").values()) / total if total else float("nan")
 
 
 def pairs_by_bucket(pairs: Sequence[TokenizedPair]) -> dict[str, list[TokenizedPair]]:

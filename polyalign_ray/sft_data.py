@@ -1,5 +1,6 @@
 """Training examples for Bucket-Aware SFT: records -> token ids and labels (tokenized once, by Ray Data tasks on a
-cluster), kept per bucket on each worker, and drawn by the bucket-balanced sampler.
+cluster), and the stores the bucket-balanced sampler draws from: :class:`ShardedSFTExamples` reads each drawn row
+from per-bucket shards (``bucket_shards.py``, the default), :class:`SFTExamples` holds every row in memory.
 
 Labels are -100 on everything the model must not be trained to produce: the prompt, the padding, and (unless
 ``train_history_turns``) the earlier turns. With ``train_history_turns`` the assistant turns of the history are
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from polyalign_ray.bucket_shards import BucketShardReader
 from polyalign_ray.losses import IGNORE_INDEX
 from polyalign_ray.prompting import encode_prompt_response, render_prompt
 from polyalign_ray.sampler import bucket_row_indices
@@ -84,6 +86,19 @@ def tokenize_records(
     return pa.Table.from_pydict(out, schema=TOKENIZED_SCHEMA)
 
 
+Example = tuple[np.ndarray, np.ndarray]
+"""One training example: token ids and labels (int64)."""
+
+
+class ExampleStore(Protocol):
+    """What the SFT loop draws examples from: rows per bucket, and the rows of ``(bucket, index)`` draws, index
+    in the bucket's id order (the same order in every store, so every store gives a run the same batches)."""
+
+    def sizes(self) -> dict[str, int]: ...
+
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[Example]: ...
+
+
 @dataclasses.dataclass
 class SFTExamples:
     """Tokenized examples grouped by bucket, in a deterministic order (sorted by id), for index-based sampling."""
@@ -109,11 +124,34 @@ class SFTExamples:
     def sizes(self) -> dict[str, int]:
         return {b: len(v) for b, v in self.buckets.items()}
 
-    def take(self, draws: Sequence[tuple[str, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[Example]:
         return [self.buckets[b][i] for b, i in draws]
 
 
-def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_token_id: int) -> dict[str, torch.Tensor]:
+class ShardedSFTExamples:
+    """Examples read from a shard folder of :data:`TOKENIZED_SCHEMA` rows keyed by ``id`` (what
+    ``write_bucket_shards_with_ray`` writes for the SFT stage): each rank reads only the rows it draws."""
+
+    def __init__(self, directory: str, **reader_options: int):
+        self.reader = BucketShardReader(directory, **reader_options)
+        if self.reader.index["key_column"] != "id":
+            raise ValueError(
+                f"{directory} holds rows keyed by {self.reader.index['key_column']!r}, not SFT examples"
+            )
+
+    def sizes(self) -> dict[str, int]:
+        return self.reader.sizes()
+
+    def take(self, draws: Sequence[tuple[str, int]]) -> list[Example]:
+        rows = self.reader.take(draws)
+        ids, labels = rows["input_ids"].to_pylist(), rows["labels"].to_pylist()
+        return [
+            (np.asarray(i, dtype=np.int64), np.asarray(lab, dtype=np.int64))
+            for i, lab in zip(ids, labels, strict=True)
+        ]
+
+
+def collate(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example of the micro-batch (not to max_length: padding is wasted compute)."""
     longest = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)

@@ -43,6 +43,7 @@ RUN_OUTPUTS = (
     "pairs.jsonl",
     "pair_counts.json",
     "workers.jsonl",
+    "shards",
     RUN_FILE,
 )
 """What a training run writes into its output folder (moved aside together when a new run starts). Files of the

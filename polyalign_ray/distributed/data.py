@@ -1,5 +1,6 @@
 """Ray Data pipelines of the data plane: ``prepare`` (read -> normalize -> dedup -> split -> write), the
-per-record feature pass of ``references``, and the tokenization of a split for SFT.
+per-record feature pass of ``references``, the tokenization of a split for SFT, and the per-bucket shards the
+training workers read (``bucket_shards.py``).
 
 The per-row and per-group work is the pure code of :mod:`polyalign_ray.corpus.prepare`; this module only wires it
 into Ray Data, so the distributed pipeline and the in-process one produce the same records, quarantine and counts.
@@ -21,6 +22,14 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
+from polyalign_ray.bucket_shards import (
+    BUCKET_COLUMN,
+    ROWS_PER_READ,
+    build_index,
+    commit_shards,
+    staging_directory,
+    write_parts,
+)
 from polyalign_ray.corpus.dedup import DEDUP_KEY_COLUMNS, DedupPlan, plan_dedup
 from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import build_manifest, normalize_raw_table, write_side_files
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 4096
 # Fewer, larger Parquet parts: one file per block made every later read start a task per small file.
 PARQUET_ROWS_PER_FILE = 100_000
+# Rows per shard-writing task (a part file holds at most this many rows of one bucket).
+SHARD_ROWS_PER_PART = 8192
 
 
 def _rows_equal(table: pa.Table, column: str, value: Any, *, equal: bool = True) -> pa.Table:
@@ -178,16 +189,15 @@ def _tokenize_batch(
     )
 
 
-def tokenize_with_ray(
+def _tokenized_split(
     data_dir: str | Path,
     tokenizer_path: str,
     *,
     max_length: int,
     profile_conditioning: bool,
     train_history_turns: bool,
-    split: str = "train",
+    split: str,
 ) -> ray.data.Dataset:
-    """Token ids and labels of every record of ``split``, computed by Ray Data tasks, materialized."""
     directory = split_dir(data_dir, split)
     if not any(directory.glob("*.parquet")):
         raise FileNotFoundError(f"no {split} records under {directory}: run `polyalign prepare` first")
@@ -202,28 +212,108 @@ def tokenize_with_ray(
         },
         batch_format="pyarrow",
         batch_size=512,
+    )
+
+
+def tokenize_with_ray(
+    data_dir: str | Path,
+    tokenizer_path: str,
+    *,
+    max_length: int,
+    profile_conditioning: bool,
+    train_history_turns: bool,
+    split: str = "train",
+) -> ray.data.Dataset:
+    """Token ids and labels of every record of ``split``, computed by Ray Data tasks, materialized (what
+    ``example_store=memory`` hands every worker whole)."""
+    return _tokenized_split(
+        data_dir,
+        tokenizer_path,
+        max_length=max_length,
+        profile_conditioning=profile_conditioning,
+        train_history_turns=train_history_turns,
+        split=split,
     ).materialize()
+
+
+def write_tokenized_shards_with_ray(
+    data_dir: str | Path,
+    tokenizer_path: str,
+    directory: str | Path,
+    *,
+    max_length: int,
+    profile_conditioning: bool,
+    train_history_turns: bool,
+    split: str = "train",
+) -> dict[str, Any]:
+    """Token ids and labels of every record of ``split`` as per-bucket shards keyed by example id (what
+    ``example_store=shards`` workers read); streamed from the split's files to the shards, never whole on the
+    driver. Returns the shard index."""
+    dataset = _tokenized_split(
+        data_dir,
+        tokenizer_path,
+        max_length=max_length,
+        profile_conditioning=profile_conditioning,
+        train_history_turns=train_history_turns,
+        split=split,
+    )
+    return write_bucket_shards_with_ray(dataset, directory, key_column="id")
+
+
+def _write_parts_batch(
+    batch: pa.Table, *, directory: str, key_column: str, sum_columns: Sequence[str]
+) -> pa.Table:
+    return write_parts(
+        batch, directory, key_column=key_column, sum_columns=sum_columns, rows_per_read=ROWS_PER_READ
+    )
+
+
+def write_bucket_shards_with_ray(
+    dataset: ray.data.Dataset,
+    directory: str | Path,
+    *,
+    key_column: str,
+    sum_columns: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``dataset``'s rows as a per-bucket shard folder at ``directory`` (``bucket_shards.py``): Ray Data sorts
+    them by (bucket, key) (a distributed sort: no task holds more than its blocks), tasks write the sorted
+    batches as part files, and only their part rows (one per file) come back to build the index. Returns it."""
+    staging = staging_directory(directory)
+    parts = dataset.sort([BUCKET_COLUMN, key_column]).map_batches(
+        _write_parts_batch,
+        fn_kwargs={"directory": str(staging), "key_column": key_column, "sum_columns": list(sum_columns)},
+        batch_format="pyarrow",
+        batch_size=SHARD_ROWS_PER_PART,
+    )
+    tables = [t for t in ray.get(parts.to_arrow_refs()) if t.num_rows]
+    part_rows = (
+        pa.concat_tables(tables)
+        if tables
+        else write_parts(pa.table({}), staging, key_column=key_column, sum_columns=sum_columns)
+    )
+    index = build_index(
+        part_rows, key_column=key_column, sum_columns=sum_columns, rows_per_read=ROWS_PER_READ
+    )
+    commit_shards(staging, directory, index)
+    return index
 
 
 def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any) -> ray.data.Dataset:
     """Offline pair rows -> tokenized pairs with the frozen reference's log-probs (``hdpo_data.PairPreparer``,
-    one model copy per Ray Data actor, ``generation.num_workers`` of them), materialized."""
+    one model copy per Ray Data actor, ``generation.num_workers`` of them), not yet executed: the caller writes
+    them as shards or materializes them."""
     from polyalign_ray.config import config_to_dict
     from polyalign_ray.hdpo_data import PairPreparer
 
-    return (
-        ray.data.from_arrow(pa.Table.from_pylist(rows))
-        .map_batches(
-            PairPreparer,
-            fn_constructor_kwargs={
-                "model_path": policy,
-                "model": config_to_dict(config.model),
-                "precompute": config.hdpo.reference == "precompute",
-            },
-            batch_size=64,
-            batch_format="pyarrow",
-            concurrency=config.generation.num_workers,
-            num_cpus=1,
-        )
-        .materialize()
+    return ray.data.from_arrow(pa.Table.from_pylist(rows)).map_batches(
+        PairPreparer,
+        fn_constructor_kwargs={
+            "model_path": policy,
+            "model": config_to_dict(config.model),
+            "precompute": config.hdpo.reference == "precompute",
+        },
+        batch_size=64,
+        batch_format="pyarrow",
+        concurrency=config.generation.num_workers,
+        num_cpus=1,
     )

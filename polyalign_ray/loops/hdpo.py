@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from polyalign_ray.config import HDPOConfig
-from polyalign_ray.hdpo_data import TokenizedPair, collate_pairs, pairs_by_bucket
+from polyalign_ray.hdpo_data import PairStore, TokenizedPair, collate_pairs
 from polyalign_ray.logprobs import response_log_probs
 from polyalign_ray.loops.checkpoints import (
     Checkpointer,
@@ -101,11 +101,12 @@ def total_hdpo_steps(hdpo: HDPOConfig, num_pairs: int, world_size: int) -> int:
 
 class OfflinePairSource:
     """Stored pairs drawn by the bucket sampler at natural frequencies (alpha = 1; rare buckets are up-weighted
-    through w's rarity term instead). Every rank computes the same global draw and keeps its slice."""
+    through w's rarity term instead). Every rank computes the same global draw and keeps its slice, and reads only
+    those pairs from its store (:class:`~polyalign_ray.hdpo_data.ShardedPairs`, or ``InMemoryPairs``)."""
 
     def __init__(
         self,
-        pairs: Sequence[TokenizedPair],
+        store: PairStore,
         *,
         pairs_per_rank: int,
         world_size: int,
@@ -113,11 +114,12 @@ class OfflinePairSource:
         seed: int,
         num_steps: int,
     ):
-        if not pairs:
+        sizes = store.sizes()
+        if not sum(sizes.values()):
             raise ValueError("no HDPO pairs: every record lacked a usable SFT sample (see the pair counts)")
-        self.groups = pairs_by_bucket(pairs)
+        self.store = store
         self.sampler = BucketBalancedSampler(
-            {b: len(v) for b, v in self.groups.items()},
+            sizes,
             batch_size=pairs_per_rank,
             alpha=1.0,
             seed=seed,
@@ -125,11 +127,11 @@ class OfflinePairSource:
             rank=rank,
             num_steps=num_steps,
         )
-        self.weight_mean = float(np.mean([p.weight for p in pairs]))
-        self.num_pairs = len(pairs)
+        self.weight_mean = store.weight_mean()
+        self.num_pairs = sum(sizes.values())
 
     def next_pairs(self, step: int) -> list[TokenizedPair]:
-        return [self.groups[b][i] for b, i in self.sampler.next_batch()]
+        return self.store.take(self.sampler.next_batch())
 
     def after_update(self, step: int, *, force_sync: bool) -> None:
         return None

@@ -37,7 +37,7 @@ from polyalign_ray.loops.probe import NO_PROBE, StepProbe
 from polyalign_ray.loops.strategy import Strategy
 from polyalign_ray.losses import weighted_sft_loss
 from polyalign_ray.sampler import BucketBalancedSampler, bucket_loss_weights
-from polyalign_ray.sft_data import SFTExamples, collate
+from polyalign_ray.sft_data import ExampleStore, collate
 
 
 def total_optimizer_steps(sft: SFTConfig, num_examples: int, world_size: int) -> int:
@@ -168,7 +168,7 @@ def log_line(
 
 
 def step_batches(
-    sampler: BucketBalancedSampler, examples: SFTExamples, sft: SFTConfig, pad_id: int
+    sampler: BucketBalancedSampler, examples: ExampleStore, sft: SFTConfig, pad_id: int
 ) -> tuple[list[list[tuple[str, int]]], list[dict[str, torch.Tensor]]]:
     """This rank's slice of the step's global draw, cut into ``grad_accum_steps`` micro-batches and collated."""
     draws = sampler.next_batch()
@@ -240,7 +240,7 @@ def sft_summary(
 
 def run_sft(
     strategy: Strategy,
-    examples: SFTExamples,
+    examples: ExampleStore,
     tokenizer: Any,
     *,
     sft: SFTConfig,

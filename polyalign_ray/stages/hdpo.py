@@ -2,9 +2,10 @@
 
 Driver (:func:`run_hdpo_stage`): which training run this is (``training_runs``), the offline pairs (human answer vs
 SFT sample -> critic distances through the actor pool -> pair weights -> tokenized by Ray Data with the frozen
-reference's log-probs, ``OUT/pairs/``), then the launcher's TorchTrainer of DeepSpeed workers. Worker body
-(:func:`hdpo_worker`): model -> strategy -> pair source -> the loop of ``loops/hdpo.py``. Offline, every worker
-receives every pair and the pair sampler gives each rank its slice of the same global batch, as in SFT; the
+reference's log-probs, per-bucket shards in ``OUT/shards/pairs``), then the launcher's TorchTrainer of DeepSpeed
+workers. Worker body (:func:`hdpo_worker`): model -> strategy -> pair source -> the loop of ``loops/hdpo.py``.
+Offline, the pair sampler gives each rank its slice of the same global batch, as in SFT, and each worker reads
+only the pairs it draws (``hdpo.example_store=memory``: every worker receives every pair); the
 reference log-probs come from an unpartitioned copy of the starting weights, so they do not depend on how the
 trained policy is partitioned (ZeRO-3 included). Online, rank 0 runs the rollout pipeline
 (``distributed/online_pairs.py``: generator actors chained to the critic pool) and broadcasts each step's pairs.
@@ -27,6 +28,9 @@ from polyalign_ray.config import ModelConfig, PolyAlignConfig, config_from_dict,
 from polyalign_ray.corpus.prepare import write_jsonl
 from polyalign_ray.corpus.tables import load_split
 from polyalign_ray.hdpo_data import (
+    InMemoryPairs,
+    PairStore,
+    ShardedPairs,
     bucket_rarity,
     offline_pair_rows,
     offline_pair_weights,
@@ -73,12 +77,15 @@ def load_samples(path: Path) -> dict[str, list[str]]:
     return {row["id"]: list(row["samples"]) for row in rows}
 
 
-def build_offline_pairs(config: PolyAlignConfig, policy: str, critic_dir: str) -> tuple[Any, dict]:
-    """Offline pairs with distances, weights and reference log-probs, written to ``hdpo.output_dir/pairs/``;
-    returns the materialized Ray Dataset and the reconciled counts (also in ``pair_counts.json``)."""
+def build_offline_pairs(
+    config: PolyAlignConfig, policy: str, critic_dir: str
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Offline pairs with distances, weights and reference log-probs; returns what the workers read (``shards``:
+    the folder ``OUT/shards/pairs``; ``memory``: the materialized Ray Dataset, also written to
+    ``OUT/pairs/pairs.parquet``) and the reconciled counts (also in ``pair_counts.json``)."""
     from polyalign_ray.distributed.batch_generation import sample_answers_with_ray
     from polyalign_ray.distributed.critic_pool import CriticPool
-    from polyalign_ray.distributed.data import prepare_pairs_with_ray
+    from polyalign_ray.distributed.data import prepare_pairs_with_ray, write_bucket_shards_with_ray
 
     hdpo = config.hdpo
     out = Path(hdpo.output_dir)
@@ -110,19 +117,27 @@ def build_offline_pairs(config: PolyAlignConfig, policy: str, critic_dir: str) -
     rows = offline_pair_rows(pairs, chosen_distance, rejected_distance, weights)
     write_jsonl(out / "pairs.jsonl", ({k: r[k] for k in r if k != "history"} for r in rows))
     dataset = prepare_pairs_with_ray(rows, policy, config)
-    kept = dataset.count()
+    datasets, shards = {}, ""
+    if hdpo.example_store == "shards":
+        shards = str(out / "shards" / "pairs")
+        kept = write_bucket_shards_with_ray(dataset, shards, key_column="pair_id", sum_columns=["weight"])[
+            "rows"
+        ]
+    else:
+        datasets["pairs"] = dataset.materialize()
+        kept = datasets["pairs"].count()
+        (out / "pairs").mkdir(parents=True, exist_ok=True)
+        pq.write_table(
+            pa.concat_tables(list(datasets["pairs"].iter_batches(batch_format="pyarrow", batch_size=None))),
+            out / "pairs" / "pairs.parquet",
+        )
     counts["dropped_truncated"] = len(pairs) - kept
     counts["pairs"] = kept
     counts["weight_mean"] = float(np.mean(weights))
     counts["chosen_distance_mean"] = float(np.mean(chosen_distance))
     counts["rejected_distance_mean"] = float(np.mean(rejected_distance))
-    (out / "pairs").mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.concat_tables(list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))),
-        out / "pairs" / "pairs.parquet",
-    )
     (out / PAIR_COUNTS_FILE).write_text(json.dumps(counts, indent=1), encoding="utf-8")
-    return dataset, counts
+    return datasets, shards, counts
 
 
 def frozen_reference(path: str, model: ModelConfig) -> torch.nn.Module:
@@ -143,13 +158,19 @@ def hdpo_worker(context: WorkerContext, payload: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(policy)
     model = apply_lora(load_causal_lm(policy, model_config), model_config.lora)
 
-    pairs = pairs_from_table(context.dataset("pairs")) if hdpo.mode == "offline" else []
-    total = total_hdpo_steps(hdpo, len(pairs), context.world_size)
+    store: PairStore | None = None
+    if hdpo.mode == "offline":
+        store = (
+            ShardedPairs(payload["shards"])
+            if payload.get("shards")
+            else InMemoryPairs(pairs_from_table(context.dataset("pairs")))
+        )
+    total = total_hdpo_steps(hdpo, sum(store.sizes().values()) if store else 0, context.world_size)
     strategy = training_strategy(context, model, hdpo, model_config, total)
     reference = None
-    if hdpo.mode == "offline":
+    if store is not None:
         source = OfflinePairSource(
-            pairs,
+            store,
             pairs_per_rank=hdpo.rank_batch_size,
             world_size=context.world_size,
             rank=context.rank,
@@ -226,8 +247,9 @@ def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: boo
     )
     datasets: dict[str, Any] = {}
     counts: dict[str, Any] = {}
+    shards = ""
     if hdpo.mode == "offline":
-        datasets["pairs"], counts = build_offline_pairs(config, policy, critic_dir)
+        datasets, shards, counts = build_offline_pairs(config, policy, critic_dir)
     log.info(
         "hdpo (%s): %d workers, ZeRO-%d, %d pairs per step",
         hdpo.mode,
@@ -240,6 +262,7 @@ def run_hdpo_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: boo
         "policy": policy,
         "critic_dir": critic_dir,
         "resume_from": absolute(run.resume_from),
+        "shards": shards,
     }
     summary = launch_training(
         hdpo_worker,

@@ -3,10 +3,10 @@
 Driver (:func:`run_sft_stage`): the base model, which training run this is (``training_runs``: continue an
 interrupted run of the same settings, else start over), the train split tokenized by Ray Data, then the launcher's
 TorchTrainer of DeepSpeed workers. Worker body (:func:`sft_worker`): model -> strategy -> examples -> the loop of
-``loops/sft.py``. Every worker receives every tokenized row, groups it by bucket, and the bucket-balanced sampler
-(same seed on every rank) picks each rank's slice of every global batch: exact bucket shares, equal step counts per
-rank and an exact resume position, at the cost of each worker holding the train split's token ids (4 bytes per
-token).
+``loops/sft.py``. The bucket-balanced sampler (same seed on every rank) picks each rank's slice of every global
+batch: exact bucket shares, equal step counts per rank and an exact resume position. With ``sft.example_store=
+shards`` (default) Ray Data writes the tokenized split as per-bucket shards (``OUTPUT/shards/train``) and each
+worker reads only the examples it draws; with ``memory`` every worker receives every tokenized row and holds it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
 from polyalign_ray.loops.sft import run_sft, total_optimizer_steps
 from polyalign_ray.models import apply_lora, load_causal_lm, load_tokenizer
-from polyalign_ray.sft_data import SFTExamples
+from polyalign_ray.sft_data import ExampleStore, SFTExamples, ShardedSFTExamples
 from polyalign_ray.stages.context import WorkerContext, seed_worker, training_strategy
 from polyalign_ray.stages.data import ensure_base_model
 from polyalign_ray.training_runs import absolute, finish_training_run, folder_identity, open_stage_run
@@ -38,7 +38,11 @@ def sft_worker(context: WorkerContext, payload: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(payload["model_path"])
     model = apply_lora(load_causal_lm(payload["model_path"], model_config), model_config.lora)
 
-    examples = SFTExamples.from_table(context.dataset("train"))
+    examples: ExampleStore = (
+        ShardedSFTExamples(payload["shards"])
+        if payload.get("shards")
+        else SFTExamples.from_table(context.dataset("train"))
+    )
     total = total_optimizer_steps(sft, sum(examples.sizes().values()), context.world_size)
     strategy = training_strategy(context, model, sft, model_config, total)
     resume_from = context.restore_path
@@ -61,7 +65,7 @@ def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool
     """``polyalign sft``: Bucket-Aware SFT on Ray Train + DeepSpeed; returns the summary. An interrupted run with
     the same settings is continued; anything else (``fresh``, changed settings or inputs, a finished run) trains
     from the start."""
-    from polyalign_ray.distributed.data import tokenize_with_ray
+    from polyalign_ray.distributed.data import tokenize_with_ray, write_tokenized_shards_with_ray
     from polyalign_ray.distributed.launcher import launch_training
 
     model_path = ensure_base_model(config)
@@ -81,16 +85,23 @@ def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool
     output_dir = Path(config.sft.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, sft=dataclasses.replace(config.sft, output_dir=str(output_dir)))
-    dataset = tokenize_with_ray(
-        config.data.output_dir,
-        model_path,
-        max_length=config.model.max_length,
-        profile_conditioning=config.model.profile_conditioning,
-        train_history_turns=config.sft.train_history_turns,
-    )
+    tokenize = {
+        "max_length": config.model.max_length,
+        "profile_conditioning": config.model.profile_conditioning,
+        "train_history_turns": config.sft.train_history_turns,
+    }
+    datasets, shards = {}, ""
+    if config.sft.example_store == "shards":
+        shards = str(output_dir / "shards" / "train")
+        index = write_tokenized_shards_with_ray(config.data.output_dir, model_path, shards, **tokenize)
+        examples = index["rows"]
+    else:
+        datasets["train"] = tokenize_with_ray(config.data.output_dir, model_path, **tokenize)
+        examples = datasets["train"].count()
     log.info(
-        "sft: %d tokenized train examples; %d workers, ZeRO-%d",
-        dataset.count(),
+        "sft: %d tokenized train examples (%s); %d workers, ZeRO-%d",
+        examples,
+        f"per-bucket shards in {shards}" if shards else "every row to every worker",
         config.sft.num_workers,
         config.sft.zero_stage,
     )
@@ -100,11 +111,12 @@ def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool
             "config": config_to_dict(config),
             "model_path": model_path,
             "resume_from": absolute(run.resume_from),
+            "shards": shards,
         },
         config.sft,
         name=run.name,
         output_dir=output_dir,
-        datasets={"train": dataset},
+        datasets=datasets,
         config=config,
         stage="sft",
     )

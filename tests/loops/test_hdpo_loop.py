@@ -14,6 +14,7 @@ import torch
 
 from polyalign_ray.config import HDPOConfig
 from polyalign_ray.hdpo_data import (
+    InMemoryPairs,
     TokenizedPair,
     bucket_rarity,
     reference_sequence_logps,
@@ -84,7 +85,7 @@ def train(
     total = total_hdpo_steps(hdpo, len(pairs), 1)
     strategy = LocalStrategy.for_section(model, hdpo, total, optimizer)
     source = OfflinePairSource(
-        pairs,
+        InMemoryPairs(pairs),
         pairs_per_rank=hdpo.rank_batch_size,
         world_size=1,
         rank=0,

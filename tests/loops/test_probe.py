@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from polyalign_ray.config import HDPOConfig, SamplerConfig, SFTConfig
+from polyalign_ray.hdpo_data import InMemoryPairs
 from polyalign_ray.loops.checkpoints import LocalCheckpointer
 from polyalign_ray.loops.hdpo import OfflinePairSource, run_hdpo
 from polyalign_ray.loops.probe import PHASES
@@ -62,7 +63,9 @@ def test_hdpo_loop_reports_the_reference_pass(tiny_model, tiny_tokenizer, tmp_pa
     hdpo = HDPOConfig(
         micro_batch_size=2, grad_accum_steps=1, max_steps=1, log_every=1, reference="frozen_copy"
     )
-    source = OfflinePairSource(pairs, pairs_per_rank=2, world_size=1, rank=0, seed=0, num_steps=1)
+    source = OfflinePairSource(
+        InMemoryPairs(pairs), pairs_per_rank=2, world_size=1, rank=0, seed=0, num_steps=1
+    )
     probe = RecordingProbe()
     run_hdpo(
         strategy_for(tiny_model, hdpo, 1),

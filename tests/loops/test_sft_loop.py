@@ -10,11 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from polyalign_ray.bucket_shards import write_bucket_shards
 from polyalign_ray.config import SamplerConfig, SFTConfig
 from polyalign_ray.loops.checkpoints import LocalCheckpointer
 from polyalign_ray.loops.sft import run_sft, total_optimizer_steps
 from polyalign_ray.loops.strategy import LocalStrategy
-from polyalign_ray.sft_data import SFTExamples, tokenize_records
+from polyalign_ray.sft_data import SFTExamples, ShardedSFTExamples, tokenize_records
 from tests.loops.tiny import TINY, make_records
 
 
@@ -130,6 +131,49 @@ def test_resume_equals_uninterrupted(tiny_tokenizer, tmp_path: Path) -> None:
     assert [line["step"] for line in lines] == [3, 6, 9, 12]
     straight_lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["bucket_counts"] == straight_lines[-1]["bucket_counts"]
+
+
+def test_a_sharded_run_equals_the_in_memory_run_and_resumes_onto_it(tiny_tokenizer, tmp_path: Path) -> None:
+    """The same examples as per-bucket shards (rows read one draw at a time) and in memory: the sampler draws the
+    same (bucket, index) pairs and both stores order a bucket by id, so the loss curves are identical; a sharded
+    run resumed from its step-6 checkpoint with a fresh reader continues onto the in-memory curve."""
+    from polyalign_ray.models import builtin_model
+
+    table = tokenize_records(
+        make_records(120), tiny_tokenizer, max_length=TINY.max_length, profile_conditioning=False
+    )
+    write_bucket_shards(table, tmp_path / "shards", key_column="id", rows_per_read=4)
+    sft = SFTConfig(micro_batch_size=4, max_steps=12, checkpoint_every=6, lr=3e-3, warmup_steps=2)
+    sampler = SamplerConfig(alpha=0.5)
+    memory, _ = train(
+        builtin_model(TINY, tiny_tokenizer),
+        tiny_tokenizer,
+        sft,
+        tmp_path / "memory",
+        sampler=sampler,
+        examples=SFTExamples.from_table(table),
+    )
+    sharded, _ = train(
+        builtin_model(TINY, tiny_tokenizer),
+        tiny_tokenizer,
+        sft,
+        tmp_path / "sharded",
+        sampler=sampler,
+        examples=ShardedSFTExamples(str(tmp_path / "shards")),
+    )
+    assert sharded["losses"] == memory["losses"]
+    assert sharded["bucket_counts"] == memory["bucket_counts"]
+    resumed, _ = train(
+        builtin_model(TINY, tiny_tokenizer),
+        tiny_tokenizer,
+        sft,
+        tmp_path / "sharded",
+        sampler=sampler,
+        resume_from=tmp_path / "sharded" / "checkpoints" / "step_000006",
+        examples=ShardedSFTExamples(str(tmp_path / "shards")),
+    )
+    assert resumed["resumed_from_step"] == 6
+    assert resumed["losses"] == pytest.approx(memory["losses"][6:], rel=1e-6, abs=1e-7)
 
 
 def test_alpha_zero_balances_buckets_and_alpha_one_follows_frequencies(tiny_model, tiny_tokenizer, tmp_path):

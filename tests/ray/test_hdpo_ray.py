@@ -73,14 +73,17 @@ def test_offline_zero3_starts_at_ln2_and_reward_accuracy_rises(offline_zero3: Pa
     summary = json.loads((offline_zero3 / "summary.json").read_text())
     assert summary["pairs_seen"] == 12 * 4
     assert (offline_zero3 / "final" / "config.json").is_file()
-    assert (offline_zero3 / "pairs" / "pairs.parquet").is_file()
+    index = json.loads((offline_zero3 / "shards" / "pairs" / "index.json").read_text())
+    assert index["rows"] == counts["pairs"] and index["key_column"] == "pair_id"
+    assert not (offline_zero3 / "pairs" / "pairs.parquet").exists()  # the shards are the stored pairs
 
 
 def test_offline_zero2_survives_a_killed_worker_and_matches_zero3(
     data_dir, zero3_run, critic_bundle, offline_zero3, tmp_path
 ) -> None:
     """Rank 1 exits after step 7; Ray Train restarts from the latest checkpoint and the resumed run repeats the
-    uninterrupted ZeRO-3 run's losses (fp32: ZeRO-2 and ZeRO-3 compute the same updates)."""
+    uninterrupted ZeRO-3 run's losses (fp32: ZeRO-2 and ZeRO-3 compute the same updates). This run hands every
+    pair to every worker (``example_store=memory``), the ZeRO-3 run reads per-bucket shards: the same draws."""
     summary = run_hdpo_stage(
         hdpo_config(
             data_dir,
@@ -90,9 +93,11 @@ def test_offline_zero2_survives_a_killed_worker_and_matches_zero3(
             "hdpo.zero_stage=2",
             "hdpo.checkpoint_every=3",
             "hdpo.fail_at_step=7",
+            "hdpo.example_store=memory",
         )
     )
     assert (tmp_path / ".failed_at_step_7").exists()
+    assert (tmp_path / "pairs" / "pairs.parquet").is_file() and not (tmp_path / "shards").exists()
     assert summary["resumed_from_step"] in (3, 6)
     assert losses(tmp_path, "loss") == pytest.approx(losses(offline_zero3, "loss"), rel=1e-4, abs=1e-5)
 

@@ -1,5 +1,6 @@
 """Bucket-Aware SFT on Ray Train with DeepSpeed ZeRO workers (2 CPU workers), on a small slice of the built-in
-corpus and a tiny model: ZeRO-2 on two Ray nodes with one node lost mid-run, ZeRO-3, and the 1-worker reference."""
+corpus and a tiny model: ZeRO-2 on two Ray nodes with one node lost mid-run, ZeRO-3, and the 1-worker reference;
+the per-bucket shards the workers read, written by Ray Data."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+from polyalign_ray.bucket_shards import BucketShardReader, write_bucket_shards
+from polyalign_ray.corpus.tables import load_split
+from polyalign_ray.models import load_tokenizer
+from polyalign_ray.sampler import bucket_shares
+from polyalign_ray.sft_data import tokenize_records
+from polyalign_ray.stages.data import ensure_base_model
 from polyalign_ray.stages.sft import run_sft_stage
 from tests.ray.tiny_run import TINY_MODEL, losses, sft_config
 
@@ -94,11 +101,65 @@ def test_zero3_loss_falls_and_checkpoint_loads(zero3_run: Path) -> None:
 def test_two_ranks_equal_one_rank_with_the_global_batch(ray_session, data_dir, zero3_run, tmp_path) -> None:
     """1 worker with micro-batch 4 draws the same global batches as 2 workers with micro-batch 2 (the sampler's
     global stream does not depend on the world size), and the loss is normalized by the global batch, so the
-    loss curves agree."""
+    loss curves agree. The 1-worker run is handed every row (``example_store=memory``), the ZeRO-3 run read its
+    rows from per-bucket shards: the same draws either way."""
     run_sft_stage(
-        sft_config(data_dir, tmp_path, "sft.num_workers=1", "sft.micro_batch_size=4", "sft.zero_stage=0")
+        sft_config(
+            data_dir,
+            tmp_path,
+            "sft.num_workers=1",
+            "sft.micro_batch_size=4",
+            "sft.zero_stage=0",
+            "sft.example_store=memory",
+        )
     )
+    assert not (tmp_path / "shards").exists()
     assert losses(tmp_path) == pytest.approx(losses(zero3_run), rel=1e-4, abs=1e-4)
+
+
+def test_ray_data_shards_equal_the_in_process_ones_and_the_run_drew_the_split_shares(
+    ray_session, data_dir, zero3_run, tmp_path, monkeypatch
+) -> None:
+    """The shards Ray Data wrote for the ZeRO-3 run (and again here with 16-row writer tasks, so buckets span
+    several parts) hold the same rows, bucket by bucket and in the same order, as the split tokenized and written
+    in one process; the run's target shares are p(b) ∝ n_b^α computed here from the train split."""
+    import polyalign_ray.distributed.data as data_module
+
+    config = sft_config(data_dir, tmp_path)
+    model_path = ensure_base_model(config)
+    split = load_split(data_dir, "train")
+    table = tokenize_records(
+        split, load_tokenizer(model_path), max_length=config.model.max_length, profile_conditioning=False
+    )
+    write_bucket_shards(table, tmp_path / "local", key_column="id")
+    monkeypatch.setattr(data_module, "SHARD_ROWS_PER_PART", 16)
+    index = data_module.write_tokenized_shards_with_ray(
+        data_dir,
+        model_path,
+        tmp_path / "ray",
+        max_length=config.model.max_length,
+        profile_conditioning=False,
+        train_history_turns=False,
+    )
+    assert any(len(b["parts"]) > 1 for b in index["buckets"].values())
+    local = BucketShardReader(tmp_path / "local")
+    for folder in (tmp_path / "ray", zero3_run / "shards" / "train"):
+        reader = BucketShardReader(folder)
+        assert reader.sizes() == local.sizes()
+        draws = [(b, i) for b, n in local.sizes().items() for i in range(n)]
+        assert reader.take(draws).to_pylist() == local.take(draws).to_pylist()
+
+    counts: dict[str, int] = {}
+    for bucket in split["bucket_id"].to_pylist():
+        counts[bucket] = counts.get(bucket, 0) + 1
+    alpha = config.sampler.alpha
+    mass = {b: n**alpha for b, n in counts.items()}
+    summary = json.loads((zero3_run / "summary.json").read_text())
+    assert summary["bucket_shares_target"] == pytest.approx(
+        {b: m / sum(mass.values()) for b, m in mass.items()}
+    )
+    assert summary["bucket_shares_target"] == pytest.approx(bucket_shares(counts, alpha))
+    assert sum(summary["bucket_counts"].values()) == 12 * 4
 
 
 def test_critic_stage_on_sft_samples_and_score_cli(critic_bundle: Path, tmp_path) -> None:
