@@ -221,6 +221,11 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if "failed" in r:
+            lines.append(
+                f"| {r['scale']}x | {r['records']} | {r['what']} | failed: see the JSON line |" + " |" * 6
+            )
+            continue
         if r["what"] == "prepare":
             rate, step = f"{r['rows_per_s']:.0f} rows/s", "–"
             wall = r["seconds"]
@@ -284,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
                 if store == "memory" and scale > args.memory_max_scale:
                     continue
                 out = work / f"sft_{scale}_{store}"
-                result = run_child(["sft", str(data), model, store, str(out), str(args.steps)])
+                try:
+                    result = run_child(["sft", str(data), model, store, str(out), str(args.steps)])
+                except RuntimeError as error:  # e.g. the memory store running out of memory: a result too
+                    print(f"sft {store} at {scale}x failed: {error}", file=sys.stderr)
+                    result = {"failed": str(error)[-2000:]}
                 rows.append({**base, "what": f"sft {store}", **result})
                 print(json.dumps(rows[-1]), flush=True)
                 shutil.rmtree(out, ignore_errors=True)
