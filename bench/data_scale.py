@@ -7,7 +7,9 @@ benchmark's generator (``prepare_throughput.build_scaled_corpus``: perturbed cop
 malformed rows). Per scale, each in its own child process under one local Ray instance (``num_cpus`` = this
 machine's CPUs, no dashboard):
 
-* ``prepare``: ``prepare_with_ray`` on the corpus (input rows read per second);
+* ``prepare`` per ``--prepare-plans`` entry: ``prepare_with_ray`` on the corpus (input rows read per second),
+  its split and dedup plans made on the driver (``driver``) or by hash-partitioned Ray Data passes
+  (``distributed``; ``auto`` picks by size);
 * ``sft`` per ``--stores`` entry: ``run_sft_stage`` for ``--steps`` steps, 2 ZeRO-2 workers, micro-batch 4, on a
   built-in model made once at the start (its tokenizer trained on the unscaled corpus, so every scale tokenizes
   alike): ``sft.example_store=shards`` (Ray Data writes per-bucket shards, each worker reads its draws) or
@@ -144,7 +146,7 @@ def child_base_model(work: Path) -> dict[str, Any]:
     return {"model": str(Path(ensure_base_model(config)).resolve())}
 
 
-def child_prepare(corpus: Path, data: Path) -> dict[str, Any]:
+def child_prepare(corpus: Path, data: Path, plan: str) -> dict[str, Any]:
     from polyalign_ray.corpus.normalize import NormalizeSettings
     from polyalign_ray.corpus.readers import discover_read_units
     from polyalign_ray.distributed.data import prepare_with_ray
@@ -152,7 +154,7 @@ def child_prepare(corpus: Path, data: Path) -> dict[str, Any]:
     _ray_init()
     units = discover_read_units([str(corpus)])
     start = time.perf_counter()
-    manifest = prepare_with_ray(units, NormalizeSettings(), data, max_row_chars=200_000)
+    manifest = prepare_with_ray(units, NormalizeSettings(), data, max_row_chars=200_000, plan=plan)
     seconds = time.perf_counter() - start
     read = int(manifest["read"])
     return {"seconds": round(seconds, 1), "read": read, "rows_per_s": round(read / seconds, 1)}
@@ -197,7 +199,7 @@ def child_main(argv: list[str]) -> int:
     if kind == "base_model":
         result = child_base_model(Path(rest[0]))
     elif kind == "prepare":
-        result = child_prepare(Path(rest[0]), Path(rest[1]))
+        result = child_prepare(Path(rest[0]), Path(rest[1]), rest[2])
     else:
         result = child_sft(Path(rest[0]), rest[1], rest[2], Path(rest[3]), int(rest[4]))
     print(json.dumps(result))
@@ -226,7 +228,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {r['scale']}x | {r['records']} | {r['what']} | failed: see the JSON line |" + " |" * 6
             )
             continue
-        if r["what"] == "prepare":
+        if r["what"].startswith("prepare"):
             rate, step = f"{r['rows_per_s']:.0f} rows/s", "–"
             wall = r["seconds"]
         else:
@@ -247,7 +249,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--base-records", type=int, default=100_000, help="rows of the 1x corpus")
     parser.add_argument("--scales", default="1,4,16", help="comma-separated multiples of --base-records")
-    parser.add_argument("--stores", default="memory,shards", help="sft.example_store values to run")
+    parser.add_argument(
+        "--stores", default="memory,shards", help="sft.example_store values to run ('': none)"
+    )
+    parser.add_argument(
+        "--prepare-plans", default="auto", help="prepare_with_ray plans to run: auto, driver, distributed"
+    )
     parser.add_argument("--memory-max-scale", type=int, default=16, help="skip the memory store above this")
     parser.add_argument("--steps", type=int, default=30, help="SFT optimizer steps per run")
     parser.add_argument("--shards", type=int, default=8, help="JSONL files the corpus is written as")
@@ -282,10 +289,16 @@ def main(argv: list[str] | None = None) -> int:
             corpus, data = work / f"corpus_{scale}", work / f"data_{scale}"
             prepare_throughput.build_scaled_corpus(records, args.shards, corpus, args.seed)
             base = {"scale": scale, "records": records, **meta}
-            rows.append({**base, "what": "prepare", **run_child(["prepare", str(corpus), str(data)])})
-            print(json.dumps(rows[-1]), flush=True)
+            for plan in args.prepare_plans.split(","):
+                shutil.rmtree(data, ignore_errors=True)
+                result = run_child(["prepare", str(corpus), str(data), plan])
+                rows.append({**base, "what": f"prepare ({plan} plan)", **result})
+                print(json.dumps(rows[-1]), flush=True)
+                if args.jsonl:
+                    with open(args.jsonl, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(rows[-1]) + "\n")
             shutil.rmtree(corpus, ignore_errors=True)
-            for store in args.stores.split(","):
+            for store in filter(None, args.stores.split(",")):
                 if store == "memory" and scale > args.memory_max_scale:
                     continue
                 out = work / f"sft_{scale}_{store}"

@@ -16,9 +16,12 @@ one :class:`DedupPlan` from those keys and then drop the planned rows; Ray Data 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import pyarrow as pa
 
 from polyalign_ray.schema import SPLIT_PRIORITY, stable_fraction
 
@@ -107,3 +110,55 @@ def plan_dedup(keys: Iterable[Mapping[str, Any]]) -> DedupPlan:
         holder, others = split_duplicates(group)
         collisions.update({row_key(o): id_collision_entry(o, holder) for o in others})
     return DedupPlan(duplicates, collisions)
+
+
+# Partition-at-a-time form of the same decisions, for the Ray Data engine on corpora too large to plan on the driver
+# (``distributed/data.py``): records are hash-partitioned by content key, then the survivors by id, so each partition
+# holds whole groups and decides them alone with the functions above.
+DECISION = "decision"
+SIDE_LINE = "side_line"
+KEEP, DUPLICATE, DUPLICATE_ID = "keep", "duplicate", "duplicate_id"
+
+
+def side_line(entry: Mapping[str, Any]) -> str:
+    """A side file's JSON line (duplicates.jsonl, quarantine.jsonl), as ``prepare.write_jsonl`` writes it."""
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def _with_decisions(records: pa.Table, decisions: list[str], lines: list[str]) -> pa.Table:
+    out = records
+    for name, values in ((DECISION, decisions), (SIDE_LINE, lines)):
+        if name in out.column_names:
+            out = out.drop_columns([name])
+        out = out.append_column(name, pa.array(values, type=pa.string()))
+    return out
+
+
+def decide_duplicates_table(records: pa.Table) -> pa.Table:
+    """``records`` (whole content-key groups, splits set) with a ``decision`` (keep / duplicate) and, for each
+    dropped copy, its duplicates.jsonl line: the survivor of each group as :func:`plan_dedup` picks it."""
+    rows = records.select(list(DEDUP_KEY_COLUMNS)).to_pylist()
+    by_content: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_content[str(row["content_key"])].append(i)
+    decisions, lines = [KEEP] * len(rows), [""] * len(rows)
+    for indices in by_content.values():
+        ordered = sorted(indices, key=lambda i: survivor_rank(rows[i]))
+        for i in ordered[1:]:
+            decisions[i], lines[i] = DUPLICATE, side_line(duplicate_entry(rows[i], rows[ordered[0]]))
+    return _with_decisions(records, decisions, lines)
+
+
+def decide_id_collisions_table(survivors: pa.Table) -> pa.Table:
+    """Survivors of deduplication (whole id groups) with a ``decision`` (keep / duplicate_id) and, for each record
+    whose id is held by another with other content, its quarantine.jsonl line."""
+    rows = survivors.select(list(DEDUP_KEY_COLUMNS)).to_pylist()
+    by_id: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_id[str(row["id"])].append(i)
+    decisions, lines = [KEEP] * len(rows), [""] * len(rows)
+    for indices in by_id.values():
+        ordered = sorted(indices, key=lambda i: survivor_rank(rows[i]))
+        for i in ordered[1:]:
+            decisions[i], lines[i] = DUPLICATE_ID, side_line(id_collision_entry(rows[i], rows[ordered[0]]))
+    return _with_decisions(survivors, decisions, lines)

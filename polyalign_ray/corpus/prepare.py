@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
-from polyalign_ray.corpus.dedup import plan_dedup
+from polyalign_ray.corpus.dedup import plan_dedup, side_line
 from polyalign_ray.corpus.normalize import NormalizeSettings, normalize_raw_row
 from polyalign_ray.corpus.readers import ReadUnit, read_unit
 from polyalign_ray.corpus.splits import plan_splits, split_stratum
@@ -95,8 +95,10 @@ def build_manifest(
     }
 
 
-def origin_order(entry: Mapping[str, Any]) -> tuple[str, int]:
-    return str(entry["origin_file"]), int(entry["origin_line"])
+def origin_order(entry: Mapping[str, Any]) -> tuple[str, int, str]:
+    """Side-file order: by origin, then by the line itself (one raw row can leave several lines), so both
+    engines write the same bytes whatever order they found the entries in."""
+    return str(entry["origin_file"]), int(entry["origin_line"]), side_line(entry)
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:

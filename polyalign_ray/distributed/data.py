@@ -9,7 +9,9 @@ into Ray Data, so the distributed pipeline and the in-process one produce the sa
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import shutil
 import time
 from collections import Counter
@@ -30,11 +32,31 @@ from polyalign_ray.bucket_shards import (
     staging_directory,
     write_parts,
 )
-from polyalign_ray.corpus.dedup import DEDUP_KEY_COLUMNS, DedupPlan, plan_dedup
+from polyalign_ray.corpus.dedup import (
+    DECISION,
+    DEDUP_KEY_COLUMNS,
+    DUPLICATE,
+    DUPLICATE_ID,
+    KEEP,
+    SIDE_LINE,
+    DedupPlan,
+    decide_duplicates_table,
+    decide_id_collisions_table,
+    plan_dedup,
+    row_key,
+    side_line,
+)
 from polyalign_ray.corpus.normalize import NormalizeSettings
-from polyalign_ray.corpus.prepare import build_manifest, normalize_raw_table, write_side_files
+from polyalign_ray.corpus.prepare import build_manifest, normalize_raw_table
 from polyalign_ray.corpus.readers import ReadUnit, read_unit
-from polyalign_ray.corpus.splits import plan_splits, split_stratum
+from polyalign_ray.corpus.splits import (
+    assign_splits_table,
+    boundary_bins,
+    group_strata_table,
+    plan_splits,
+    split_stratum,
+    thresholds_from_keys,
+)
 from polyalign_ray.corpus.tables import QUARANTINE_SCHEMA, RECORD_SCHEMA, split_dir
 from polyalign_ray.features import features_table, features_table_schema
 from polyalign_ray.models import load_tokenizer
@@ -59,12 +81,224 @@ def _read_unit_rows(unit_row: dict[str, Any], *, max_chars: int) -> list[dict[st
     return list(read_unit(ReadUnit(**unit_row), max_chars=max_chars))
 
 
-def _kept_records(table: pa.Table, plan: DedupPlan, splits: dict[str, str]) -> pa.Table:
+# Below this many records the split and dedup plans are made on the driver from five small key columns (fast, a
+# few hundred MB at most); above it they are made by hash-partitioned Ray Data passes, so no process holds a
+# per-record structure of the whole corpus. Both give the same records and side files (tests/ray/test_data_plane.py).
+DRIVER_PLAN_MAX_RECORDS = 200_000
+# Records per hash partition of the distributed plan: each partition is decided whole by one task.
+PARTITION_ROWS = 50_000
+SIDE_SCHEMA = pa.schema(
+    [("file", pa.string()), ("origin_file", pa.string()), ("origin_line", pa.int64()), ("line", pa.string())]
+)
+"""A line of a side file (``file``: quarantine or duplicates), with the origin it is ordered by."""
+
+
+def _outcome_tallies(batch: pa.Table) -> pa.Table:
+    """One row of counts per batch of normalize outcomes: raw rows read, records, records beyond a raw row's
+    first (expanded turns), and the skipped-turn and quarantine reasons."""
+    statuses = batch["status"].to_pylist()
+    firsts = batch["first_of_row"].to_pylist()
+    records = statuses.count("record")
+    skipped = Counter(r for turns in batch["skipped_turns"].to_pylist() for r in turns or [])
+    reasons = Counter(
+        r for r, s in zip(batch["reason"].to_pylist(), statuses, strict=True) if s == "quarantine"
+    )
+    return pa.table(
+        {
+            "read": [sum(1 for f in firsts if f)],
+            "records": [records],
+            "expanded": [
+                records - sum(1 for s, f in zip(statuses, firsts, strict=True) if f and s == "record")
+            ],
+            "skipped": [json.dumps(skipped)],
+            "reasons": [json.dumps(reasons)],
+        }
+    )
+
+
+def _quarantine_side_rows(batch: pa.Table) -> pa.Table:
+    entries = _rows_equal(batch, "status", "quarantine").select(list(QUARANTINE_SCHEMA.names)).to_pylist()
+    return pa.Table.from_pydict(
+        {
+            "file": ["quarantine"] * len(entries),
+            "origin_file": [e["origin_file"] for e in entries],
+            "origin_line": [e["origin_line"] for e in entries],
+            "line": [side_line(e) for e in entries],
+        },
+        schema=SIDE_SCHEMA,
+    )
+
+
+def _decision_side_rows(batch: pa.Table) -> pa.Table:
+    dropped = _rows_equal(batch, DECISION, KEEP, equal=False)
+    decisions = dropped[DECISION].to_pylist()
+    return pa.Table.from_pydict(
+        {
+            "file": ["duplicates" if d == DUPLICATE else "quarantine" for d in decisions],
+            "origin_file": dropped["origin_file"],
+            "origin_line": dropped["origin_line"],
+            "line": dropped[SIDE_LINE],
+        },
+        schema=SIDE_SCHEMA,
+    )
+
+
+def _decision_counts(batch: pa.Table) -> pa.Table:
+    """Per batch of decided records: (decision, split, bucket) -> rows."""
+    counts = Counter(
+        zip(
+            batch[DECISION].to_pylist(),
+            batch["split"].to_pylist(),
+            batch["bucket_id"].to_pylist(),
+            strict=True,
+        )
+    )
+    return pa.table(
+        {
+            "decision": [k[0] for k in counts],
+            "split": [k[1] for k in counts],
+            "bucket_id": [k[2] for k in counts],
+            "n": list(counts.values()),
+        }
+    )
+
+
+def _decided_on_driver(table: pa.Table, plan: DedupPlan, splits: dict[str, str]) -> pa.Table:
     records = _rows_equal(table, "status", "record").select(list(RECORD_COLUMNS))
     split_column = pa.array([splits[g] for g in records["group_id"].to_pylist()], type=pa.string())
     records = records.set_column(records.schema.get_field_index("split"), "split", split_column)
-    keep = [plan.keeps(row) for row in records.select(list(DEDUP_KEY_COLUMNS)).to_pylist()]
-    return records.filter(pa.array(keep, type=pa.bool_()))
+    decisions, lines = [], []
+    for row in records.select(list(DEDUP_KEY_COLUMNS)).to_pylist():
+        key = row_key(row)
+        if key in plan.duplicates:
+            decisions.append(DUPLICATE)
+            lines.append(side_line(plan.duplicates[key]))
+        elif key in plan.collisions:
+            decisions.append(DUPLICATE_ID)
+            lines.append(side_line(plan.collisions[key]))
+        else:
+            decisions.append(KEEP)
+            lines.append("")
+    return records.append_column(DECISION, pa.array(decisions, type=pa.string())).append_column(
+        SIDE_LINE, pa.array(lines, type=pa.string())
+    )
+
+
+def plan_on_driver(outcomes: ray.data.Dataset, settings: NormalizeSettings) -> ray.data.Dataset:
+    """Records with their split and dedup decision, planned on the driver from the key columns of every record
+    (:func:`~polyalign_ray.corpus.splits.plan_splits`, :func:`~polyalign_ray.corpus.dedup.plan_dedup`, the
+    functions the in-process engine uses) and applied by Ray Data tasks."""
+    columns = ["status", "group_id", "source", "language"]
+    columns += [c for c in DEDUP_KEY_COLUMNS if c not in columns]
+    keys = pa.concat_tables(ray.get(outcomes.select_columns(columns).to_arrow_refs()))
+    record_keys = _rows_equal(keys, "status", "record").to_pylist()
+    splits = plan_splits(
+        ((r["group_id"], split_stratum(r["source"], r["language"])) for r in record_keys),
+        seed=settings.seed,
+        val_fraction=settings.val_fraction,
+        test_fraction=settings.test_fraction,
+    )
+    for row in record_keys:
+        row["split"] = splits[row["group_id"]]
+    plan = plan_dedup(record_keys)
+    return outcomes.map_batches(
+        _decided_on_driver, fn_kwargs={"plan": plan, "splits": splits}, batch_format="pyarrow"
+    )
+
+
+def _bin_counts(groups: pa.Table) -> pa.Table:
+    counts = Counter(zip(groups["stratum"].to_pylist(), groups["bin"].to_pylist(), strict=True))
+    return pa.table(
+        {"stratum": [k[0] for k in counts], "bin": [k[1] for k in counts], "n": list(counts.values())}
+    )
+
+
+def _boundary_groups(groups: pa.Table, wanted: dict[str, list[int]]) -> pa.Table:
+    keep = [
+        b in wanted.get(s, ())
+        for s, b in zip(groups["stratum"].to_pylist(), groups["bin"].to_pylist(), strict=True)
+    ]
+    return groups.filter(pa.array(keep, type=pa.bool_()))
+
+
+def _by_key(dataset: ray.data.Dataset, key: str, partitions: int, fn: Any, **kwargs: Any) -> ray.data.Dataset:
+    """``fn`` on whole groups of ``key``: a hash repartition into exactly ``partitions`` blocks, each handed to
+    ``fn`` as one batch."""
+    return dataset.repartition(partitions, keys=[key]).map_batches(
+        fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None
+    )
+
+
+def plan_distributed(
+    outcomes: ray.data.Dataset,
+    settings: NormalizeSettings,
+    records: int,
+    *,
+    partition_rows: int = PARTITION_ROWS,
+) -> ray.data.Dataset:
+    """Records with their split and dedup decision, planned by Ray Data passes hash-partitioned by group, content
+    key and id; the driver holds only the hash histogram of the groups and the keys of its boundary bins.
+
+    1. Groups (partitioned by ``group_id``): each group's stratum and hash; the histogram per (stratum, bin).
+    2. The split thresholds of each stratum from the histogram and the keys of the bins that hold them
+       (``corpus.splits.thresholds_from_keys``); each group's split against them, within its partition.
+    3. Duplicates (partitioned by content key), then id collisions among the survivors (partitioned by id): the
+       per-group decisions of ``corpus.dedup``, which ``plan_dedup`` makes on one table."""
+    fractions = {"val_fraction": settings.val_fraction, "test_fraction": settings.test_fraction}
+    partitions = max(2, math.ceil(records / partition_rows))
+    record_rows = outcomes.map_batches(
+        lambda t: _rows_equal(t, "status", "record").select(list(RECORD_COLUMNS)), batch_format="pyarrow"
+    )
+    groups = _by_key(
+        record_rows.select_columns(["group_id", "source", "language"]),
+        "group_id",
+        partitions,
+        group_strata_table,
+        seed=settings.seed,
+    ).materialize()
+    histogram: dict[str, Counter[int]] = {}
+    for row in groups.map_batches(_bin_counts, batch_format="pyarrow").take_all():
+        histogram.setdefault(row["stratum"], Counter())[int(row["bin"])] += int(row["n"])
+    wanted = {s: [b for _, b, _ in found] for s, found in boundary_bins(histogram, **fractions).items()}
+    bin_keys: dict[str, dict[int, list[tuple[float, str]]]] = {}
+    boundary = groups.map_batches(_boundary_groups, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+    for row in boundary.take_all():
+        bin_keys.setdefault(row["stratum"], {}).setdefault(int(row["bin"]), []).append(
+            (float(row["fraction"]), str(row["group_id"]))
+        )
+    thresholds = thresholds_from_keys(histogram, bin_keys, **fractions)
+    with_split = _by_key(
+        record_rows, "group_id", partitions, assign_splits_table, thresholds=thresholds, seed=settings.seed
+    )
+    deduped = _by_key(with_split, "content_key", partitions, decide_duplicates_table).materialize()
+    survivors = deduped.map_batches(_rows_equal, fn_args=(DECISION, KEEP), batch_format="pyarrow")
+    dropped = deduped.map_batches(
+        _rows_equal, fn_args=(DECISION, KEEP), fn_kwargs={"equal": False}, batch_format="pyarrow"
+    )
+    return _by_key(survivors, "id", partitions, decide_id_collisions_table).union(dropped)
+
+
+def _write_side_files_streamed(
+    output_dir: Path, side: ray.data.Dataset | None, manifest: dict[str, Any]
+) -> None:
+    """quarantine.jsonl and duplicates.jsonl in origin order (Ray Data sorts; the driver streams the sorted lines
+    into the files, holding a batch at a time), then manifest.json, last."""
+    handles = {
+        name: (output_dir / f"{name}.jsonl").open("w", encoding="utf-8")
+        for name in ("quarantine", "duplicates")
+    }
+    try:
+        if side is not None:
+            ordered = side.sort(["origin_file", "origin_line", "line"])
+            for batch in ordered.iter_batches(batch_format="pyarrow", batch_size=4096):
+                for name, line in zip(batch["file"].to_pylist(), batch["line"].to_pylist(), strict=True):
+                    handles[name].write(line + "\n")
+    finally:
+        for handle in handles.values():
+            handle.close()
+    (output_dir / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
 
 
 def prepare_with_ray(
@@ -73,12 +307,16 @@ def prepare_with_ray(
     output_dir: str | Path,
     *,
     max_row_chars: int,
+    plan: str = "auto",
+    partition_rows: int = PARTITION_ROWS,
 ) -> dict[str, Any]:
     """The prepare stage on Ray Data; returns the manifest (also written to ``output_dir``).
 
-    Normalization runs as parallel Ray Data tasks and is materialized once; the dedup decision is made from
-    five small key columns (:func:`~polyalign_ray.corpus.dedup.plan_dedup`, the same function the in-process
-    engine uses) and applied by a filter, then each split is written by Ray Data as Parquet parts.
+    Normalization runs as parallel Ray Data tasks and is materialized once (the object store spills to disk when
+    it must). Counts come back as one row per batch. The split and dedup plans are made on the driver from the
+    key columns (``plan="driver"``) or by hash-partitioned Ray Data passes (``"distributed"``); ``"auto"``
+    takes the driver up to :data:`DRIVER_PLAN_MAX_RECORDS` records. Each split is then written by Ray Data as
+    Parquet parts, and the side files are streamed in origin order.
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
@@ -93,47 +331,33 @@ def prepare_with_ray(
         batch_size=ROWS_PER_BLOCK,
     ).materialize()
 
-    columns = [
-        "status",
-        "first_of_row",
-        "skipped_turns",
-        "reason",
-        "detail",
-        "raw",
-        "group_id",
-        "source",
-        "language",
-    ]
-    columns += [c for c in DEDUP_KEY_COLUMNS if c not in columns]
-    summary = pa.concat_tables(ray.get(outcomes.select_columns(columns).to_arrow_refs()))
-    read = sum(summary["first_of_row"].to_pylist())
-    statuses = summary["status"].to_pylist()
-    expanded = statuses.count("record") - sum(
-        1
-        for status, first in zip(statuses, summary["first_of_row"].to_pylist(), strict=True)
-        if first and status == "record"
+    tallies = outcomes.map_batches(_outcome_tallies, batch_format="pyarrow").take_all()
+    read, records, expanded = (sum(int(t[k]) for t in tallies) for k in ("read", "records", "expanded"))
+    skipped: Counter[str] = sum((Counter(json.loads(t["skipped"])) for t in tallies), Counter())
+    reasons: Counter[str] = sum((Counter(json.loads(t["reasons"])) for t in tallies), Counter())
+    distributed = plan == "distributed" or (plan == "auto" and records > DRIVER_PLAN_MAX_RECORDS)
+    log.info(
+        "prepare: %d rows read, %d records; planning %s",
+        read,
+        records,
+        "with Ray Data" if distributed else "on the driver",
     )
-    skipped = Counter(reason for turns in summary["skipped_turns"].to_pylist() for reason in turns or [])
-    quarantine = (
-        _rows_equal(summary, "status", "quarantine").select(list(QUARANTINE_SCHEMA.names)).to_pylist()
-    )
-    record_keys = _rows_equal(summary, "status", "record").to_pylist()
-    splits = plan_splits(
-        ((r["group_id"], split_stratum(r["source"], r["language"])) for r in record_keys),
-        seed=settings.seed,
-        val_fraction=settings.val_fraction,
-        test_fraction=settings.test_fraction,
-    )
-    for row in record_keys:
-        row["split"] = splits[row["group_id"]]
-    plan = plan_dedup(record_keys)
-    quarantine.extend(plan.collisions.values())
+    if distributed:
+        decided = plan_distributed(outcomes, settings, records, partition_rows=partition_rows)
+    else:
+        decided = plan_on_driver(outcomes, settings)
+    decided = decided.materialize()
 
-    kept = outcomes.map_batches(
-        _kept_records, fn_kwargs={"plan": plan, "splits": splits}, batch_format="pyarrow"
-    ).materialize()
-    counts = kept.select_columns(["split", "bucket_id"]).to_pandas().value_counts()
-    split_bucket_counts = {(str(s), str(b)): int(n) for (s, b), n in counts.items()}
+    split_bucket_counts: Counter[tuple[str, str]] = Counter()
+    dropped: Counter[str] = Counter()
+    for row in decided.map_batches(_decision_counts, batch_format="pyarrow").take_all():
+        if row["decision"] == KEEP:
+            split_bucket_counts[(str(row["split"]), str(row["bucket_id"]))] += int(row["n"])
+        else:
+            dropped[row["decision"]] += int(row["n"])
+    kept = decided.map_batches(_rows_equal, fn_args=(DECISION, KEEP), batch_format="pyarrow").drop_columns(
+        [DECISION, SIDE_LINE]
+    )
     for split in SPLITS:
         target = split_dir(output_dir, split)
         shutil.rmtree(target, ignore_errors=True)
@@ -141,19 +365,25 @@ def prepare_with_ray(
             part = kept.map_batches(_rows_equal, fn_args=("split", split), batch_format="pyarrow")
             part.write_parquet(str(target), min_rows_per_file=PARQUET_ROWS_PER_FILE)
         target.mkdir(parents=True, exist_ok=True)
+    reasons[DUPLICATE_ID] += dropped[DUPLICATE_ID]
     manifest = build_manifest(
         read=read,
         expanded=expanded,
         split_bucket_counts=split_bucket_counts,
-        quarantine_counts=Counter(str(q["reason"]) for q in quarantine),
-        duplicates=len(plan.duplicates),
+        quarantine_counts=+reasons,
+        duplicates=dropped[DUPLICATE],
         skipped_turn_counts=skipped,
         units=units,
         settings=settings,
         engine="ray-data",
         seconds=time.perf_counter() - start,
     )
-    write_side_files(output_dir, quarantine, list(plan.duplicates.values()), manifest)
+    side = None
+    if sum(reasons.values()) + dropped[DUPLICATE]:
+        side = outcomes.map_batches(_quarantine_side_rows, batch_format="pyarrow").union(
+            decided.map_batches(_decision_side_rows, batch_format="pyarrow")
+        )
+    _write_side_files_streamed(output_dir, side, manifest)
     return manifest
 
 

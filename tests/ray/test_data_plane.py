@@ -58,35 +58,62 @@ def write_input(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_second_input(path: Path) -> None:
+    """Copies of the first input's rows under new ids (duplicates whose survivor depends on the split of both
+    copies), ids the first input already used for other content, and conversations whose expanded turns form
+    groups of several records, some of them in both languages (a group in two strata)."""
+    lines = [
+        json.dumps({"id": f"copy{i}", "prompt": f"question {i}", "response": f"answer number {i}"})
+        for i in range(0, 300, 7)
+    ]
+    lines += [
+        json.dumps({"id": f"n{i}", "prompt": f"other {i}", "response": f"other answer {i}"}) for i in range(5)
+    ]
+    for i in range(40):
+        turns = [
+            {"role": "user", "content": f"hello {i}"},
+            {"role": "assistant", "content": f"Hi there, number {i}."},
+            {"role": "user", "content": f"tell me more about {i}" if i % 4 else f"你好，第{i}个问题是什么？"},
+            {"role": "assistant", "content": f"Here is more about {i}." if i % 4 else f"这是第{i}个回答。"},
+        ]
+        lines.append(json.dumps({"id": f"conv{i}", "messages": turns}, ensure_ascii=False))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def strip_timing(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in ("engine", "seconds")}
 
 
 def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> None:
+    """The Ray Data engine, planning on the driver and planning by hash-partitioned passes (forced here with
+    partitions of 60 records), writes the in-process engine's records, quarantine, duplicates and manifest."""
     from polyalign_ray.distributed.data import prepare_with_ray
 
-    source = tmp_path / "in.jsonl"
-    write_input(source)
-    units = discover_read_units([str(source)])
-    settings = NormalizeSettings(test_fraction=0.2)
+    write_input(tmp_path / "in.jsonl")
+    write_second_input(tmp_path / "in2.jsonl")
+    units = discover_read_units([str(tmp_path / "in.jsonl"), str(tmp_path / "in2.jsonl")])
+    settings = NormalizeSettings(test_fraction=0.2, val_fraction=0.1, expand_turns=True)
     local = prepare_in_process(units, settings, tmp_path / "local", max_row_chars=5000, show_progress=False)
-    distributed = prepare_with_ray(units, settings, tmp_path / "ray", max_row_chars=5000)
-    assert strip_timing(distributed) == strip_timing(local)
-    assert local["read"] == len(ROWS) + 4 + 300
-    assert (local["duplicates"], local["quarantine_reasons"]) == (
-        1,
-        {
-            "duplicate_id": 1,
-            "malformed_json": 1,
-            "non_string_response": 1,
-            "not_an_object": 1,
-            "unsupported_language": 1,
-        },
-    )
-    for split in SPLITS:
-        assert load_split(tmp_path / "ray", split).equals(load_split(tmp_path / "local", split)), split
-    for name in ("quarantine.jsonl", "duplicates.jsonl"):
-        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+    assert local["read"] == len(ROWS) + 4 + 300 + 43 + 5 + 40
+    assert local["duplicates"] == 1 + 43
+    assert local["quarantine_reasons"] == {
+        "duplicate_id": 1 + 5,
+        "malformed_json": 1,
+        "non_string_response": 1,
+        "not_an_object": 1,
+        "unsupported_language": 1,
+    }
+    assert local["expanded"] > 0 and {"test", "val", "train"} <= {
+        s for s, n in local["per_split"].items() if n
+    }
+    for plan in ("driver", "distributed"):
+        out = tmp_path / plan
+        distributed = prepare_with_ray(units, settings, out, max_row_chars=5000, plan=plan, partition_rows=60)
+        assert strip_timing(distributed) == strip_timing(local), plan
+        for split in SPLITS:
+            assert load_split(out, split).equals(load_split(tmp_path / "local", split)), (plan, split)
+        for name in ("quarantine.jsonl", "duplicates.jsonl"):
+            assert (out / name).read_text() == (tmp_path / "local" / name).read_text(), (plan, name)
 
 
 def test_pipeline_with_two_seeds_on_the_builtin_corpus(

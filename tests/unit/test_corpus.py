@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import polyalign_ray.corpus.splits as splits_module
 from polyalign_ray.corpus.adapters import Rejected, detect_format, examples_from_row
 from polyalign_ray.corpus.normalize import (
     QUARANTINE_REASONS,
@@ -368,3 +369,81 @@ def test_bad_paths_fail_loudly(tmp_path: Path) -> None:
         discover_read_units([str(tmp_path / "notes.txt")])
     with pytest.raises(InputError, match="holds no"):
         discover_read_units([str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("sizes", "val_fraction", "test_fraction", "bins"),
+    [
+        ({"src|en": 5000, "tiny|zh": 7, "one|en": 1}, 0.05, 0.1, 4096),
+        ({"src|en": 300, "b|zh": 40}, 0.0, 1.0, 4096),  # everything test: no threshold inside a stratum
+        ({"src|en": 2000, "b|zh": 999}, 0.3, 0.2, 2),  # two bins: a boundary bin holds a thousand keys
+    ],
+)
+def test_the_threshold_plan_equals_plan_splits(sizes, val_fraction, test_fraction, bins, monkeypatch) -> None:
+    """What the Ray Data engine does, in one process: a histogram of the groups' hashes per stratum, the keys of
+    the boundary bins only, then each group placed alone against its stratum's two thresholds. The same plan."""
+    monkeypatch.setattr(splits_module, "HASH_BINS", bins)
+    fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    stratum_of = {f"{s}:{i}": s for s, n in sizes.items() for i in range(n)}
+    expected = plan_splits(stratum_of.items(), seed=7, **fractions)
+    keys = {g: splits_module.group_key(g, 7) for g in stratum_of}
+    histogram: dict = defaultdict(Counter)
+    for group, stratum in stratum_of.items():
+        histogram[stratum][splits_module.hash_bin(keys[group][0])] += 1
+    wanted = splits_module.boundary_bins(histogram, **fractions)
+    bin_keys: dict = defaultdict(lambda: defaultdict(list))
+    for group, stratum in stratum_of.items():
+        b = splits_module.hash_bin(keys[group][0])
+        if any(b == found for _, found, _ in wanted[stratum]):
+            bin_keys[stratum][b].append(keys[group])
+    collected = sum(len(v) for s in bin_keys.values() for v in s.values())
+    if bins > 2:  # only the boundary bins' keys are gathered, not every group's
+        assert collected < len(stratum_of) / 10
+    thresholds = splits_module.thresholds_from_keys(histogram, bin_keys, **fractions)
+    got = {g: splits_module.split_by_thresholds(keys[g], thresholds[s]) for g, s in stratum_of.items()}
+    assert got == expected
+
+
+def test_partitioned_dedup_decisions_equal_plan_dedup() -> None:
+    """What the Ray Data engine does above the driver-plan size, in one process: records hash-partitioned by
+    content key and decided partition by partition, then the survivors by id: the same rows dropped, with the
+    same duplicates and quarantine lines, as ``plan_dedup`` over the whole table."""
+    import random
+
+    from polyalign_ray.corpus import dedup
+
+    rng = random.Random(5)
+    rows = [
+        {
+            "id": f"id{rng.randint(0, 150)}",
+            "split": rng.choice(["train", "val", "test"]),
+            "content_key": f"c{rng.randint(0, 120)}",
+            "origin_file": rng.choice(["a.jsonl", "b.jsonl"]),
+            "origin_line": i,
+            "group_id": f"g{i}",
+        }
+        for i in range(400)
+    ]
+    plan = dedup.plan_dedup(rows)
+    assert plan.duplicates and plan.collisions
+    table = pa.Table.from_pylist(rows)
+
+    def by_key(t: pa.Table, key: str, fn) -> pa.Table:
+        parts = defaultdict(list)
+        for i, value in enumerate(t[key].to_pylist()):
+            parts[hash(value) % 5].append(i)
+        return pa.concat_tables([fn(t.take(indices)) for indices in parts.values()])
+
+    decided = by_key(table, "content_key", dedup.decide_duplicates_table)
+    survivors = decided.filter(pa.compute.equal(decided["decision"], "keep"))
+    final = pa.concat_tables(
+        [
+            by_key(survivors, "id", dedup.decide_id_collisions_table),
+            decided.filter(pa.compute.not_equal(decided["decision"], "keep")),
+        ]
+    ).to_pylist()
+    duplicates = {dedup.row_key(r): r["side_line"] for r in final if r["decision"] == "duplicate"}
+    collisions = {dedup.row_key(r): r["side_line"] for r in final if r["decision"] == "duplicate_id"}
+    assert duplicates == {k: dedup.side_line(v) for k, v in plan.duplicates.items()}
+    assert collisions == {k: dedup.side_line(v) for k, v in plan.collisions.items()}
+    assert len(final) == len(rows)
