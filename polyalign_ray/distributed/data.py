@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -50,6 +51,7 @@ from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import build_manifest, normalize_raw_table
 from polyalign_ray.corpus.readers import ReadUnit, read_unit
 from polyalign_ray.corpus.splits import (
+    HASH_BINS,
     assign_splits_table,
     boundary_bins,
     group_strata_table,
@@ -207,9 +209,16 @@ def plan_on_driver(outcomes: ray.data.Dataset, settings: NormalizeSettings) -> r
 
 
 def _bin_counts(groups: pa.Table) -> pa.Table:
-    counts = Counter(zip(groups["stratum"].to_pylist(), groups["bin"].to_pylist(), strict=True))
+    """One row per stratum of a block of groups: its hash histogram as one array of HASH_BINS counts (dense, so
+    what reaches the driver does not grow with the number of groups)."""
+    counts: dict[str, np.ndarray] = {}
+    for stratum, b in zip(groups["stratum"].to_pylist(), groups["bin"].to_pylist(), strict=True):
+        counts.setdefault(stratum, np.zeros(HASH_BINS, dtype=np.int64))[b] += 1
     return pa.table(
-        {"stratum": [k[0] for k in counts], "bin": [k[1] for k in counts], "n": list(counts.values())}
+        {
+            "stratum": list(counts),
+            "counts": pa.array([c.tolist() for c in counts.values()], pa.list_(pa.int64())),
+        }
     )
 
 
@@ -256,9 +265,11 @@ def plan_distributed(
         group_strata_table,
         seed=settings.seed,
     ).materialize()
-    histogram: dict[str, Counter[int]] = {}
-    for row in groups.map_batches(_bin_counts, batch_format="pyarrow").take_all():
-        histogram.setdefault(row["stratum"], Counter())[int(row["bin"])] += int(row["n"])
+    dense: dict[str, np.ndarray] = {}
+    for batch in groups.map_batches(_bin_counts, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
+        for stratum, counts in zip(batch["stratum"].to_pylist(), batch["counts"].to_pylist(), strict=True):
+            dense[stratum] = dense.get(stratum, 0) + np.asarray(counts, dtype=np.int64)
+    histogram = {s: {int(b): int(c[b]) for b in np.flatnonzero(c)} for s, c in dense.items()}
     wanted = {s: [b for _, b, _ in found] for s, found in boundary_bins(histogram, **fractions).items()}
     bin_keys: dict[str, dict[int, list[tuple[float, str]]]] = {}
     boundary = groups.map_batches(_boundary_groups, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
@@ -350,11 +361,13 @@ def prepare_with_ray(
 
     split_bucket_counts: Counter[tuple[str, str]] = Counter()
     dropped: Counter[str] = Counter()
-    for row in decided.map_batches(_decision_counts, batch_format="pyarrow").take_all():
-        if row["decision"] == KEEP:
-            split_bucket_counts[(str(row["split"]), str(row["bucket_id"]))] += int(row["n"])
-        else:
-            dropped[row["decision"]] += int(row["n"])
+    counted = decided.map_batches(_decision_counts, batch_format="pyarrow")
+    for batch in counted.iter_batches(batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            if row["decision"] == KEEP:
+                split_bucket_counts[(str(row["split"]), str(row["bucket_id"]))] += int(row["n"])
+            else:
+                dropped[row["decision"]] += int(row["n"])
     kept = decided.map_batches(_rows_equal, fn_args=(DECISION, KEEP), batch_format="pyarrow").drop_columns(
         [DECISION, SIDE_LINE]
     )
