@@ -120,9 +120,9 @@ def build_offline_pairs(
     datasets, shards = {}, ""
     if hdpo.example_store == "shards":
         shards = str(out / "shards" / "pairs")
-        kept = write_bucket_shards_with_ray(dataset, shards, key_column="pair_id", sum_columns=["weight"])[
-            "rows"
-        ]
+        kept = write_bucket_shards_with_ray(
+            dataset, shards, key_column="pair_id", sum_columns=["weight"], expected_rows=len(rows)
+        )["rows"]
     else:
         datasets["pairs"] = dataset.materialize()
         kept = datasets["pairs"].count()

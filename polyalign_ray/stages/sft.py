@@ -12,6 +12,7 @@ worker reads only the examples it draws; with ``memory`` every worker receives e
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,14 @@ def run_sft_stage(config: PolyAlignConfig, *, resume_from: str = "", fresh: bool
     datasets, shards = {}, ""
     if config.sft.example_store == "shards":
         shards = str(output_dir / "shards" / "train")
-        index = write_tokenized_shards_with_ray(config.data.output_dir, model_path, shards, **tokenize)
+        manifest = json.loads((Path(config.data.output_dir) / "manifest.json").read_text(encoding="utf-8"))
+        index = write_tokenized_shards_with_ray(
+            config.data.output_dir,
+            model_path,
+            shards,
+            records=int(manifest["per_split"]["train"]),
+            **tokenize,
+        )
         examples = index["rows"]
     else:
         datasets["train"] = tokenize_with_ray(config.data.output_dir, model_path, **tokenize)
