@@ -134,31 +134,28 @@ def _with_decisions(records: pa.Table, decisions: list[str], lines: list[str]) -
     return out
 
 
+def _decide_groups(table: pa.Table, key: str, dropped_as: str, entry: Any) -> pa.Table:
+    """``table`` (whole groups of ``key``) with a ``decision`` per row: the first of each group by
+    :func:`survivor_rank` is kept, the others get ``dropped_as`` and their side-file line ``entry(row, kept)``."""
+    rows = table.select(list(DEDUP_KEY_COLUMNS)).to_pylist()
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[str(row[key])].append(i)
+    decisions, lines = [KEEP] * len(rows), [""] * len(rows)
+    for indices in groups.values():
+        ordered = sorted(indices, key=lambda i: survivor_rank(rows[i]))
+        for i in ordered[1:]:
+            decisions[i], lines[i] = dropped_as, side_line(entry(rows[i], rows[ordered[0]]))
+    return _with_decisions(table, decisions, lines)
+
+
 def decide_duplicates_table(records: pa.Table) -> pa.Table:
     """``records`` (whole content-key groups, splits set) with a ``decision`` (keep / duplicate) and, for each
     dropped copy, its duplicates.jsonl line: the survivor of each group as :func:`plan_dedup` picks it."""
-    rows = records.select(list(DEDUP_KEY_COLUMNS)).to_pylist()
-    by_content: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_content[str(row["content_key"])].append(i)
-    decisions, lines = [KEEP] * len(rows), [""] * len(rows)
-    for indices in by_content.values():
-        ordered = sorted(indices, key=lambda i: survivor_rank(rows[i]))
-        for i in ordered[1:]:
-            decisions[i], lines[i] = DUPLICATE, side_line(duplicate_entry(rows[i], rows[ordered[0]]))
-    return _with_decisions(records, decisions, lines)
+    return _decide_groups(records, "content_key", DUPLICATE, duplicate_entry)
 
 
 def decide_id_collisions_table(survivors: pa.Table) -> pa.Table:
     """Survivors of deduplication (whole id groups) with a ``decision`` (keep / duplicate_id) and, for each record
     whose id is held by another with other content, its quarantine.jsonl line."""
-    rows = survivors.select(list(DEDUP_KEY_COLUMNS)).to_pylist()
-    by_id: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_id[str(row["id"])].append(i)
-    decisions, lines = [KEEP] * len(rows), [""] * len(rows)
-    for indices in by_id.values():
-        ordered = sorted(indices, key=lambda i: survivor_rank(rows[i]))
-        for i in ordered[1:]:
-            decisions[i], lines[i] = DUPLICATE_ID, side_line(id_collision_entry(rows[i], rows[ordered[0]]))
-    return _with_decisions(survivors, decisions, lines)
+    return _decide_groups(survivors, "id", DUPLICATE_ID, id_collision_entry)
