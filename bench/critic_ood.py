@@ -11,11 +11,14 @@ separators and cut points), so a critic is not measured on its own training gene
 - ``relabeled``: the answer itself scored in another bucket of its language; ``relabeled_any``: in any other
   bucket.
 
-For each critic variant and kind: how often the altered answer scores farther than the original (the acceptance
-rule of issue 14 asks >= 90% for repeated, cut and moved answers), the exact targets' own rate, the mean critic
-score and mean true distance; plus the held-out Spearman on human and SFT answers (the gate) and training time.
+The altered answers are those of the val and test records (the critic trains on train prompts only; val gates
+it). For each critic variant and kind: how often the altered answer scores farther than the original (the
+acceptance rule of issue 14 asks >= 90% for repeated, cut and moved answers), the exact targets' own rate, the mean
+critic score and mean true distance; plus the held-out Spearman on human and SFT answers (the gate) and training
+time. With ``--seeds 0,1,2`` every variant is trained once per seed (its corruptions, initialisation and batches)
+and the alterations are redrawn per seed; the table shows the mean over seeds and the range.
 
-    .venv/bin/python bench/critic_ood.py --run runs/demo --out bench/results/critic_ood
+    .venv/bin/python bench/critic_ood.py --run runs/demo --out bench/results/critic_ood --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from polyalign_ray.config import load_config
+from polyalign_ray.corpus.tables import load_split
 from polyalign_ray.critic.corruptions import corrupt_records
 from polyalign_ray.critic.scorer import CriticScorer
 from polyalign_ray.critic.train import build_critic_examples, save_critic_bundle, spearman, train_critic
@@ -109,7 +113,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results/critic_ood", help="results prefix (.md and .json)")
     parser.add_argument("--work", default="/tmp/critic_ood", help="where the trained bundles go")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds; each variant is trained per seed"
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -133,67 +139,101 @@ def main() -> None:
         for spec in args.variant:
             label, _, overrides = spec.partition("=")
             variants[label] = [o for o in overrides.split(",") if o]
-    results = {}
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    per_seed = {}
     for label, overrides in variants.items():
-        config = load_config(
-            None,
-            [
-                f"data.output_dir={run / 'data'}",
-                f"critic.output_dir={run / 'critic'}",
-                f"critic.seed={args.seed}",
-                "critic.min_corruption_farther_rate=0",
-                *overrides,
-            ],
-        )
-        cfg = config.critic
-        references = ReferenceSet.load(run / "data" / "references.json")
-        records = critic_records(config)
-        rows = records.to_pylist()
-        samples = load_samples(run / "critic" / "samples.jsonl")
-        corrupted = corrupt_records(
-            rows, kinds=cfg.corruptions, per_record=cfg.corruptions_per_prompt, seed=cfg.seed
-        )
-        examples = build_critic_examples(
-            rows, samples, references, corrupted, corruption_gap=cfg.corruption_target_gap
-        )
-        began = time.perf_counter()
-        model, meta, summary = train_critic(examples, cfg)
-        seconds = time.perf_counter() - began
-        bundle = Path(args.work) / label.replace(" ", "_").replace(",", "").replace("+", "plus").replace(
-            "(", ""
-        ).replace(")", "")
-        save_critic_bundle(bundle, model, meta, summary, references)
-        val = [r for r in rows if r["split"] != "train"]
-        measured = measure(bundle, alter(val, args.seed), references)
-        results[label] = {
+        for seed in seeds:
+            per_seed[(label, seed)] = train_and_measure(run, label, overrides, seed, Path(args.work))
+            print(label, seed, json.dumps(per_seed[(label, seed)], indent=1))
+    results = {
+        label: {
             "overrides": overrides,
-            "train_seconds": seconds,
-            "heldout_spearman": summary["heldout_spearman"],
-            "heldout_ranking_accuracy_human_below_model": summary[
-                "heldout_ranking_accuracy_human_below_model"
-            ],
-            "heldout_corrupted_farther_rate": summary.get("heldout_corrupted_farther_rate"),
-            "hand_altered": measured,
+            "seeds": {str(seed): per_seed[(label, seed)] for seed in seeds},
+            **mean_over_seeds([per_seed[(label, seed)] for seed in seeds]),
         }
-        print(label, json.dumps(results[label], indent=1))
-    machine = {
-        "cpus": os.cpu_count(),
-        "load_1min": os.getloadavg()[0],
-        "python": platform.python_version(),
+        for label, overrides in variants.items()
     }
-    command = f"python bench/critic_ood.py --run {args.run} --out {args.out} --seed {args.seed}" + "".join(
+    write_report(args, results, seeds)
+
+
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """The mean (and min, max) over seeds of each figure the report shows."""
+
+    def stats(values: list[float]) -> dict:
+        return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+    out = {
+        "train_seconds": stats([r["train_seconds"] for r in runs]),
+        "heldout_spearman": stats([r["heldout_spearman"] for r in runs]),
+        "hand_altered": {},
+    }
+    for kind in (*ALTERATIONS, "originals"):
+        present = [r["hand_altered"][kind] for r in runs if kind in r["hand_altered"]]
+        if present:
+            out["hand_altered"][kind] = {
+                key: stats([m[key] for m in present]) for key in present[0] if key != "n"
+            } | {"n": sum(m.get("n", 0) for m in present)}
+    return out
+
+
+def train_and_measure(run: Path, label: str, overrides: list[str], seed: int, work: Path) -> dict:
+    """Train one critic variant with one seed on the run's data; measure it on hand-altered val + test answers."""
+    config = load_config(
+        None,
+        [
+            f"data.output_dir={run / 'data'}",
+            f"critic.output_dir={run / 'critic'}",
+            f"critic.seed={seed}",
+            "critic.min_corruption_farther_rate=0",
+            *overrides,
+        ],
+    )
+    cfg = config.critic
+    references = ReferenceSet.load(run / "data" / "references.json")
+    rows = critic_records(config).to_pylist()
+    samples = load_samples(run / "critic" / "samples.jsonl")
+    corrupted = corrupt_records(
+        rows, kinds=cfg.corruptions, per_record=cfg.corruptions_per_prompt, seed=cfg.seed
+    )
+    examples = build_critic_examples(
+        rows, samples, references, corrupted, corruption_gap=cfg.corruption_target_gap
+    )
+    began = time.perf_counter()
+    model, meta, summary = train_critic(examples, cfg)
+    seconds = time.perf_counter() - began
+    name = "".join(c if c.isalnum() else "_" for c in label)
+    bundle = work / f"{name}_seed{seed}"
+    save_critic_bundle(bundle, model, meta, summary, references)
+    held = [r for r in rows if r["split"] != "train"] + load_split(run / "data", "test").to_pylist()
+    return {
+        "train_seconds": seconds,
+        "heldout_spearman": summary["heldout_spearman"],
+        "heldout_ranking_accuracy_human_below_model": summary["heldout_ranking_accuracy_human_below_model"],
+        "heldout_corrupted_farther_rate": summary.get("heldout_corrupted_farther_rate"),
+        "hand_altered": measure(bundle, alter(held, seed), references),
+    }
+
+
+def write_report(args: argparse.Namespace, results: dict, seeds: list[int]) -> None:
+    machine = {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0], "python": platform.python_version()}
+    command = f"python bench/critic_ood.py --run {args.run} --out {args.out} --seeds {args.seeds}" + "".join(
         f" --variant '{v}'" for v in args.variant
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(
-        json.dumps({"command": command, "machine": machine, "results": results}, indent=1), encoding="utf-8"
+        json.dumps({"command": command, "machine": machine, "seeds": seeds, "results": results}, indent=1),
+        encoding="utf-8",
     )
+    some = next(iter(results.values()))["hand_altered"]
+    counts = ", ".join(f"{k} {some[k]['n']}" for k in ALTERATIONS if k in some)
     lines = [
         "# Critic out of distribution: hand-altered held-out answers",
         "",
-        f"`{command}` on {machine['cpus']} CPUs (1-min load {machine['load_1min']:.1f}); the run's val prompts.",
-        "Rate = share of altered answers the critic scores farther from human support than the original answer;",
-        "in brackets the exact targets' own rate. Spearman: held-out human + SFT answers (the quality gate).",
+        f"`{command}` on {machine['cpus']} CPUs (1-min load {machine['load_1min']:.1f}); the run's val and test",
+        f"records, {len(seeds)} seed(s) per critic (altered answers over all seeds: {counts}).",
+        "Rate = share of altered answers the critic scores farther from human support than the original answer,",
+        "mean over seeds with the range in brackets; the exact targets' own rate on the last line of each cell.",
+        "Spearman: held-out human + SFT answers (the quality gate).",
         "",
         "| critic | held-out Spearman | " + " | ".join(ALTERATIONS) + " | train s |",
         "|---|---:|" + "---:|" * len(ALTERATIONS) + "---:|",
@@ -202,21 +242,24 @@ def main() -> None:
         cells = []
         for kind in ALTERATIONS:
             m = r["hand_altered"].get(kind)
-            cells.append(f"{m['critic_farther_rate']:.0%} ({m['target_farther_rate']:.0%})" if m else "—")
+            if not m:
+                cells.append("—")
+                continue
+            rate, target = m["critic_farther_rate"], m["target_farther_rate"]
+            spread = f" ({rate['min']:.0%}-{rate['max']:.0%})" if len(seeds) > 1 else ""
+            cells.append(f"{rate['mean']:.1%}{spread}<br>exact {target['mean']:.0%}")
         lines.append(
-            f"| {label} | {r['heldout_spearman']:.3f} | "
+            f"| {label} | {r['heldout_spearman']['mean']:.3f} | "
             + " | ".join(cells)
-            + f" | {r['train_seconds']:.0f} |"
+            + f" | {r['train_seconds']['mean']:.0f} |"
         )
-    lines += ["", "Mean scores (critic / exact distance):", ""]
+    lines += ["", "Mean scores (critic / exact distance), mean over seeds:", ""]
     for label, r in results.items():
+        altered = r["hand_altered"]
         parts = [
-            f"originals {r['hand_altered']['originals']['critic_mean']:.2f} / {r['hand_altered']['originals']['true_mean']:.2f}"
-        ]
-        parts += [
-            f"{k} {r['hand_altered'][k]['critic_mean']:.2f} / {r['hand_altered'][k]['true_mean']:.2f}"
-            for k in ALTERATIONS
-            if k in r["hand_altered"]
+            f"{k} {altered[k]['critic_mean']['mean']:.2f} / {altered[k]['true_mean']['mean']:.2f}"
+            for k in ("originals", *ALTERATIONS)
+            if k in altered
         ]
         lines.append(f"- {label}: " + "; ".join(parts))
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

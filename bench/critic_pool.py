@@ -537,7 +537,14 @@ def measure_phases(bundle: Path, texts, buckets, kinds, n: int, args) -> list[di
             if meta["encoder"] == "hashed_ngrams":
                 ngram_id_arrays(t, meta["hash_buckets"])
             t2 = time.perf_counter()
-            inputs = critic_inputs(t, b, meta, use_features=meta["use_features"], encoder=scorer.encoder)
+            inputs = critic_inputs(
+                t,
+                b,
+                meta,
+                use_features=meta["use_features"],
+                encoder=scorer.encoder,
+                support=scorer.model.support_tables,
+            )
             t3 = time.perf_counter()
             with torch.no_grad():
                 predict(scorer.model, inputs)

@@ -43,6 +43,7 @@ from typing import Any
 
 import harness
 
+OBJECT_STORE_ENV = "DATA_SCALE_OBJECT_STORE_MIB"  # --object-store-mib, handed to the children
 TRAIN_WORKER_TITLE = "TrainWorker"  # Ray Train worker actors' process titles contain this
 SAMPLE_INTERVAL_S = 0.25
 
@@ -55,6 +56,20 @@ def _title(pid: int) -> str:
         return ""
 
 
+def _private_bytes(pid: int) -> int:
+    """RssAnon of /proc/PID/status: the process's own (anonymous, unshared) resident memory. RSS adds the pages of
+    files and of the Ray object store (shared memory) it has mapped, which are bounded by the object store's
+    capacity (it spills to disk), not by what the process itself holds."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class TreePeaks(harness.ProcessSampler):
     """Peak RSS per process of the tree under ``root`` (the child), its title, and the CPU of other processes."""
 
@@ -62,6 +77,7 @@ class TreePeaks(harness.ProcessSampler):
         super().__init__(interval)
         self.root = root
         self.peaks: dict[int, int] = {}
+        self.private_peaks: dict[int, int] = {}
         self.titles: dict[int, str] = {}
         self.tree_peak = 0
         self.cpu_start: dict[int, float] = {}
@@ -76,6 +92,9 @@ class TreePeaks(harness.ProcessSampler):
             total += rss
             if rss > self.peaks.get(pid, 0):
                 self.peaks[pid] = rss
+            private = _private_bytes(pid)
+            if private > self.private_peaks.get(pid, 0):
+                self.private_peaks[pid] = private
             title = _title(pid) or procs[pid].name
             if pid not in self.titles or (
                 TRAIN_WORKER_TITLE in title and TRAIN_WORKER_TITLE not in self.titles[pid]
@@ -88,18 +107,27 @@ class TreePeaks(harness.ProcessSampler):
                 self.cpu_last[pid] = proc.cpu_s
 
     def summary(self) -> dict[str, Any]:
-        workers = [rss for pid, rss in self.peaks.items() if TRAIN_WORKER_TITLE in self.titles.get(pid, "")]
-        others = [
-            rss
-            for pid, rss in self.peaks.items()
-            if pid != self.root and TRAIN_WORKER_TITLE not in self.titles.get(pid, "")
-        ]
+        def is_worker(pid: int) -> bool:
+            return TRAIN_WORKER_TITLE in self.titles.get(pid, "")
+
+        workers = [rss for pid, rss in self.peaks.items() if is_worker(pid)]
+        others = [rss for pid, rss in self.peaks.items() if pid != self.root and not is_worker(pid)]
+        private = self.private_peaks
         other_cpu = sum(self.cpu_last[p] - self.cpu_start[p] for p in self.cpu_last)
         return {
             "driver_peak_rss_mib": round(self.peaks.get(self.root, 0) / 2**20, 1),
             "train_worker_peak_rss_mib": round(max(workers, default=0) / 2**20, 1),
             "train_workers_seen": len(workers),
             "other_ray_process_peak_rss_mib": round(max(others, default=0) / 2**20, 1),
+            "driver_peak_private_mib": round(private.get(self.root, 0) / 2**20, 1),
+            "train_worker_peak_private_mib": round(
+                max((b for pid, b in private.items() if is_worker(pid)), default=0) / 2**20, 1
+            ),
+            "other_ray_process_peak_private_mib": round(
+                max((b for pid, b in private.items() if pid != self.root and not is_worker(pid)), default=0)
+                / 2**20,
+                1,
+            ),
             "tree_peak_rss_mib": round(self.tree_peak / 2**20, 1),
             "other_processes_cpu_s": round(other_cpu, 1),
             "largest_processes": [
@@ -134,7 +162,14 @@ def run_child(args: list[str]) -> dict[str, Any]:
 def _ray_init() -> None:
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    store_mib = int(os.environ.get(OBJECT_STORE_ENV, "0"))
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        object_store_memory=store_mib * 2**20 if store_mib else None,
+    )
 
 
 def child_base_model(work: Path) -> dict[str, Any]:
@@ -219,13 +254,14 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['machine']['mem_gib']} GiB; load before the runs {meta['load']}.",
         "",
         "| scale | rows | what | wall s | rows/s or loop tokens/s | median step s | driver peak RSS MiB "
-        "| Train worker peak RSS MiB | largest other Ray process MiB | other processes' CPU s |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| Train worker peak RSS MiB | largest other Ray process MiB | private (RssAnon) peak MiB: driver / "
+        "Train worker / other Ray process | other processes' CPU s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         if "failed" in r:
             lines.append(
-                f"| {r['scale']}x | {r['records']} | {r['what']} | failed: see the JSON line |" + " |" * 6
+                f"| {r['scale']}x | {r['records']} | {r['what']} | failed: see the JSON line |" + " |" * 7
             )
             continue
         if r["what"].startswith("prepare"):
@@ -235,10 +271,18 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             rate, step = f"{r['loop_tokens_per_s']:.0f} tok/s", f"{r['median_step_s']:.3f}"
             wall = r["stage_wall_s"]
         worker = f"{r['train_worker_peak_rss_mib']:.0f}" if r["train_workers_seen"] else "–"
+        private = " / ".join(
+            f"{r[key]:.0f}" if key in r else "–"
+            for key in (
+                "driver_peak_private_mib",
+                "train_worker_peak_private_mib" if r["train_workers_seen"] else "",
+                "other_ray_process_peak_private_mib",
+            )
+        )
         lines.append(
             f"| {r['scale']}x | {r['records']} | {r['what']} | {wall} | {rate} | {step} | "
             f"{r['driver_peak_rss_mib']:.0f} | {worker} | {r['other_ray_process_peak_rss_mib']:.0f} | "
-            f"{r['other_processes_cpu_s']} |"
+            f"{private} | {r['other_processes_cpu_s']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -259,6 +303,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="SFT optimizer steps per run")
     parser.add_argument("--shards", type=int, default=8, help="JSONL files the corpus is written as")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--object-store-mib",
+        type=int,
+        default=0,
+        help="cap Ray's object store (0: Ray's default, 30%% of memory); what processes map of it counts in RSS",
+    )
     parser.add_argument("--work-dir", default="", help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--report", default="", help="append a Markdown section here")
     parser.add_argument("--jsonl", default="", help="append one JSON line per measurement here")
@@ -269,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child_main(sys.argv[2:])
     args = parse_args(argv)
+    if args.object_store_mib:
+        os.environ[OBJECT_STORE_ENV] = str(args.object_store_mib)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import prepare_throughput
 

@@ -454,6 +454,9 @@ class CriticConfig:
     """The frozen_lm encoder's model (empty: the SFT policy)."""
     use_features: bool = True
     """Also feed the standardized hand features (features.py) to the MLP."""
+    support_features: bool = True
+    """Also feed support statistics counted over the train human answers (critic/support.py): how the answer's
+    family, ending and words compare with human answers'; shows cut answers and other contexts' answers."""
     hash_buckets: int = 65_536
     """Hashed n-gram features of the hash encoder."""
     embedding_dim: int = 64

@@ -6,7 +6,9 @@ under one fixed schema and are parsed only at normalization. ``read_error`` is a
 bytes could not even be read as text (binary garbage, oversized rows). Blank lines are not rows.
 
 Files are split into *read units* (one per file, or one per split of an HF dataset folder) so that Ray Data can read
-them in parallel; :func:`read_unit` is the per-unit work, the same in Ray and in the in-process pipeline.
+them in parallel; :func:`read_unit` is the per-unit work, the same in Ray and in the in-process pipeline. A large
+uncompressed JSONL file is further split into line-aligned byte ranges (:func:`split_line_ranges`), so that no read
+task holds a whole file: a task's memory is bounded by the range size, not by the corpus.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class ReadUnit:
     path: str
     kind: str  # "jsonl" | "json" | "parquet" | "hf"
     hf_split: str = ""
+    byte_start: int = 0
+    """jsonl: the unit reads the lines that start at byte offsets in [byte_start, byte_end)."""
+    byte_end: int = -1
+    """-1: to the end of the file."""
+    first_line: int = 1
+    """The 1-based line number of the line starting at ``byte_start`` (origin_line counts from the file's start)."""
 
     def to_row(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -120,6 +128,44 @@ def discover_read_units(inputs: list[str] | tuple[str, ...]) -> list[ReadUnit]:
     return units
 
 
+SCAN_BLOCK_BYTES = 16 * 1024 * 1024
+
+
+def split_line_ranges(unit: ReadUnit, max_bytes: int) -> list[ReadUnit]:
+    """An uncompressed JSONL unit larger than ``max_bytes`` as consecutive line-aligned byte ranges of about
+    ``max_bytes`` each (a range ends after the first newline at or past its target size); any other unit as is.
+
+    One streamed pass counts the newlines before each boundary, so every range knows its first line number and
+    the rows keep the origin_line of a whole-file read. Memory: one scan block."""
+    if unit.kind != "jsonl" or unit.path.lower().endswith(".gz") or max_bytes < 1:
+        return [unit]
+    size = os.path.getsize(unit.path)
+    if size <= max_bytes:
+        return [unit]
+    starts = [(0, 1)]  # (byte offset, line number of the line starting there)
+    target = max_bytes
+    with open(unit.path, "rb") as handle:
+        position, newlines = 0, 0
+        while block := handle.read(SCAN_BLOCK_BYTES):
+            search_from = max(target - position, 0)
+            while search_from < len(block):
+                found = block.find(b"\n", search_from)
+                if found < 0:
+                    break
+                offset = position + found + 1
+                if offset < size:
+                    starts.append((offset, newlines + block.count(b"\n", 0, found + 1) + 1))
+                target = offset + max_bytes
+                search_from = max(target - position, found + 1)
+            newlines += block.count(b"\n")
+            position += len(block)
+    ends = [offset for offset, _ in starts[1:]] + [-1]
+    return [
+        dataclasses.replace(unit, byte_start=start, byte_end=end, first_line=line)
+        for (start, line), end in zip(starts, ends, strict=True)
+    ]
+
+
 def _open_bytes(path: str) -> bytes:
     if path.lower().endswith(".gz"):
         with gzip.open(path, "rb") as handle:
@@ -162,11 +208,12 @@ def _preview(data: bytes, limit: int = 200) -> str:
     return data[:limit].decode("utf-8", errors="backslashreplace")
 
 
-def _jsonl_rows(path: str, data: bytes, max_chars: int) -> Iterator[dict[str, Any]]:
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for line_no, line in enumerate(data.split(b"\n"), start=1):
-        line = line.rstrip(b"\r")
+def _line_rows(
+    path: str, lines: Iterator[bytes], first_line: int, max_chars: int
+) -> Iterator[dict[str, Any]]:
+    """Raw rows of JSONL lines (each with or without its newline), numbered from ``first_line``."""
+    for line_no, line in enumerate(lines, start=first_line):
+        line = line.rstrip(b"\n").rstrip(b"\r")
         if not line.strip():
             continue
         text, error = decode_line(line, max_chars=max_chars)
@@ -174,6 +221,44 @@ def _jsonl_rows(path: str, data: bytes, max_chars: int) -> Iterator[dict[str, An
             yield _raw_row(path, line_no, _preview(line), error)
         else:
             yield _raw_row(path, line_no, text or "")
+
+
+def _jsonl_rows(path: str, data: bytes, max_chars: int) -> Iterator[dict[str, Any]]:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    yield from _line_rows(path, iter(data.split(b"\n")), 1, max_chars)
+
+
+def _without_bom(lines: Iterator[bytes]) -> Iterator[bytes]:
+    first = next(lines, None)
+    if first is None:
+        return
+    yield first[3:] if first.startswith(b"\xef\xbb\xbf") else first
+    yield from lines
+
+
+def _lines_in_range(handle: Any, start: int, end: int) -> Iterator[bytes]:
+    """The lines of a binary file that start at offsets in [start, end) (end -1: to the end of the file)."""
+    handle.seek(start)
+    position = start
+    for line in handle:
+        if 0 <= end <= position:
+            return
+        yield line
+        position += len(line)
+
+
+def _streamed_jsonl_rows(unit: ReadUnit, max_chars: int) -> Iterator[dict[str, Any]]:
+    """A JSONL unit read line by line (never the whole file in memory); a byte range of it when it has one."""
+    if unit.path.lower().endswith(".gz"):
+        with gzip.open(unit.path, "rb") as handle:
+            yield from _line_rows(unit.path, _without_bom(iter(handle)), 1, max_chars)
+        return
+    with open(unit.path, "rb") as handle:
+        lines = _lines_in_range(handle, unit.byte_start, unit.byte_end)
+        if unit.byte_start == 0:
+            lines = _without_bom(lines)
+        yield from _line_rows(unit.path, lines, unit.first_line, max_chars)
 
 
 def _json_default(value: Any) -> Any:
@@ -237,13 +322,15 @@ def read_unit(unit: ReadUnit, *, max_chars: int) -> Iterator[dict[str, Any]]:
         yield from _parquet_rows(unit.path, max_chars)
     elif unit.kind == "hf":
         yield from _hf_rows(unit, max_chars)
+    elif unit.kind == "jsonl":
+        try:
+            yield from _streamed_jsonl_rows(unit, max_chars)
+        except OSError as exc:
+            yield _raw_row(unit.path, 0, f"{type(exc).__name__}: {exc}"[:500], "unreadable_file")
     else:
         try:
             data = _open_bytes(unit.path)
         except OSError as exc:
             yield _raw_row(unit.path, 0, f"{type(exc).__name__}: {exc}"[:500], "unreadable_file")
             return
-        if unit.kind == "jsonl":
-            yield from _jsonl_rows(unit.path, data, max_chars)
-        else:
-            yield from _json_rows(unit.path, data, max_chars)
+        yield from _json_rows(unit.path, data, max_chars)

@@ -7,7 +7,7 @@ scored 0.18, and an answer repeated six times was scored farther than the origin
 
 Each corruption takes a human answer (and, for moves, an answer of another bucket) and makes what rollouts of a
 small or over-optimized policy actually produce: loops (the answer or its last sentence repeated), answers cut off
-mid-way (the token budget ran out), a single token repeated, answers in the wrong bucket (another bucket's answer
+mid-way or mid-word (the token budget ran out), a single token repeated, answers in the wrong bucket (another bucket's answer
 scored here, of the same or the other language, or this answer scored in another bucket), and shuffled word salad. Every corrupted answer gets its exact target d(x, b) from the
 references like any other example; the critic also learns, through the ranking hinge, that a corrupted answer lies
 farther from human support than the answer it came from.
@@ -64,12 +64,18 @@ def repeat(text: str, rng: random.Random) -> str:
 
 
 def truncate(text: str, rng: random.Random) -> str:
-    """The first 10-60% of the tokens, cut mid-sentence: a token budget that ran out."""
+    """The first 10-60% of the tokens, cut mid-sentence: a token budget that ran out. Half the time the cut falls
+    inside the next word (``"Edwin Hubble"`` -> ``"Edwin Hu"``), as a subword tokenizer's budget does; the critic's
+    support statistics (critic/support.py: endings and words no human answer has) can see those."""
     pieces = tokens_with_spacing(text)
     if len(pieces) < 2:
         return text[: max(1, len(text) // 2)]
     keep = max(1, int(len(pieces) * rng.uniform(0.1, 0.6)))
-    return "".join(pieces[:keep]).rstrip()
+    cut = "".join(pieces[:keep])
+    word = pieces[keep].rstrip() if keep < len(pieces) else ""
+    if len(word) > 1 and rng.random() < 0.5:
+        return cut + word[: rng.randint(1, len(word) - 1)]
+    return cut.rstrip()
 
 
 def degenerate(text: str, rng: random.Random) -> str:

@@ -20,6 +20,9 @@ class CriticModel(nn.Module):
         boundary_dim: int = 0,
     ):
         super().__init__()
+        self.support_tables = None
+        """Counts over the train human answers the support statistics come from (critic/support.py); not trained,
+        saved beside the weights."""
         self.bucket_embedding = nn.Embedding(num_buckets + 1, bucket_dim)  # the last id: a bucket never seen
         self.ngram_embedding = nn.EmbeddingBag(hash_buckets, text_dim, mode="mean") if hash_buckets else None
         # How the answer starts and ends (encoders.boundary_ngram_ids), embedded apart from its other n-grams.

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from polyalign_ray.critic.encoders import FrozenLMEncoder
+from polyalign_ray.critic.support import SUPPORT_FILE, SupportTables
 from polyalign_ray.critic.train import BUNDLE_META, BUNDLE_WEIGHTS, build_critic_model, critic_inputs, predict
 
 SCORE_COLUMN = "critic_distance"
@@ -36,6 +37,8 @@ class CriticScorer:
         self.model = build_critic_model(self.meta)
         self.model.load_state_dict(load_file(str(bundle_dir / BUNDLE_WEIGHTS)))
         self.model.eval()
+        if self.meta.get("support", False):
+            self.model.support_tables = SupportTables.load(bundle_dir / SUPPORT_FILE)
         self.encoder = None
         if self.meta["encoder"] == "frozen_lm":
             from polyalign_ray.config import ModelConfig
@@ -54,6 +57,7 @@ class CriticScorer:
             self.meta,
             use_features=self.meta["use_features"],
             encoder=self.encoder,
+            support=self.model.support_tables,
         )
         return predict(self.model, inputs).astype(np.float64)
 

@@ -27,6 +27,12 @@ from polyalign_ray.config import CriticConfig
 from polyalign_ray.critic.corruptions import Corrupted
 from polyalign_ray.critic.encoders import FrozenLMEncoder, boundary_id_arrays, ngram_batch, ngram_id_arrays
 from polyalign_ray.critic.model import CriticModel
+from polyalign_ray.critic.support import (
+    SUPPORT_FEATURE_NAMES,
+    SUPPORT_FILE,
+    SupportTables,
+    cross_fitted_support_features,
+)
 from polyalign_ray.features import FEATURE_NAMES, features_matrix
 from polyalign_ray.references import ReferenceSet
 
@@ -147,17 +153,36 @@ def critic_inputs(
     *,
     use_features: bool,
     encoder: FrozenLMEncoder | None = None,
+    support: SupportTables | None = None,
+    support_features: np.ndarray | None = None,
 ) -> CriticInputs:
-    """Network inputs for texts in buckets, with the statistics of ``meta`` (the bundle's, at scoring time)."""
+    """Network inputs for texts in buckets, with the statistics of ``meta`` (the bundle's, at scoring time).
+
+    With ``meta["support"]`` the support statistics (critic/support.py) follow the hand features: computed from
+    ``support`` (the bundle's tables), or given precomputed as ``support_features`` (cross-fitted in training)."""
     vocab = meta["buckets"]
     unknown = len(vocab)
     bucket_ids = torch.tensor([vocab.get(b, unknown) for b in buckets], dtype=torch.long)
+    parts = []
     if use_features:
-        features = standardize_features(
-            features_matrix(list(texts)), np.asarray(meta["feature_mean"]), np.asarray(meta["feature_std"])
+        parts.append(
+            standardize_features(
+                features_matrix(list(texts)),
+                np.asarray(meta["feature_mean"]),
+                np.asarray(meta["feature_std"]),
+            )
         )
-    else:
-        features = torch.zeros((len(texts), 0), dtype=torch.float32)
+    if meta.get("support", False):  # bundles before support statistics have none
+        if support_features is None:
+            if support is None:
+                raise ValueError("this critic needs its support tables (support.npz in the bundle)")
+            support_features = support.features(list(texts), list(buckets))
+        parts.append(
+            standardize_features(
+                support_features, np.asarray(meta["support_mean"]), np.asarray(meta["support_std"])
+            )
+        )
+    features = torch.cat(parts, dim=-1) if parts else torch.zeros((len(texts), 0), dtype=torch.float32)
     if encoder is not None:
         vectors = torch.as_tensor(encoder.encode(list(texts)), dtype=torch.float32)
         return CriticInputs(bucket_ids, features, list(texts), text_vectors=vectors)
@@ -179,7 +204,8 @@ def build_critic_model(meta: dict[str, Any]) -> CriticModel:
         num_buckets=len(meta["buckets"]),
         bucket_dim=meta["dims"]["bucket_dim"],
         text_dim=meta["dims"]["text_dim"],
-        num_features=len(meta["feature_names"]) if meta["use_features"] else 0,
+        num_features=(len(meta["feature_names"]) if meta["use_features"] else 0)
+        + (len(meta["support_feature_names"]) if meta.get("support", False) else 0),
         hidden_dim=meta["dims"]["hidden_dim"],
         hash_buckets=meta["hash_buckets"],
         boundary_dim=meta["dims"].get("boundary_dim", 0),  # bundles before boundary n-grams have none
@@ -270,10 +296,21 @@ def critic_metadata(
     *,
     encoder: FrozenLMEncoder | None,
     encoder_model: str,
+    train_support: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What the bundle's ``critic.json`` holds and the model is built from: the bucket vocabulary, the train
-    statistics of features and targets (inputs and outputs are standardized with them), the encoder and sizes."""
+    statistics of features, support statistics and targets (inputs and outputs are standardized with them), the
+    encoder and sizes."""
+    support = {}
+    if train_support is not None:
+        support = {
+            "support_feature_names": list(SUPPORT_FEATURE_NAMES),
+            "support_mean": train_support.mean(axis=0).tolist(),
+            "support_std": np.maximum(train_support.std(axis=0), 1e-6).tolist(),
+        }
     return {
+        "support": train_support is not None,
+        **support,
         "version": 1,
         "encoder": config.encoder,
         "encoder_model": encoder_model,
@@ -399,6 +436,18 @@ def train_critic(
     if not train or not heldout:
         raise CriticQualityError("the critic needs train and held-out (val) examples; check the data splits")
     targets = np.asarray([e.target for e in train], dtype=np.float64)
+    support, train_support = None, None
+    if config.support_features:
+        humans = [e for e in train if e.kind in ("human", "") and e.is_human]
+        support = SupportTables.fit([e.text for e in humans], [e.bucket for e in humans])
+        train_support = cross_fitted_support_features(
+            [e.text for e in train],
+            [e.bucket for e in train],
+            [e.group for e in train],
+            [e.text for e in humans],
+            [e.bucket for e in humans],
+            [e.group for e in humans],
+        )
     meta = critic_metadata(
         examples,
         features_matrix([e.text for e in train]),
@@ -406,19 +455,23 @@ def train_critic(
         config,
         encoder=encoder,
         encoder_model=encoder_model,
+        train_support=train_support,
     )
     model = build_critic_model(meta)
+    model.support_tables = support
 
-    def inputs_of(split: list[CriticExample]) -> Any:
+    def inputs_of(split: list[CriticExample], support_features: np.ndarray | None = None) -> Any:
         return critic_inputs(
             [e.text for e in split],
             [e.bucket for e in split],
             meta,
             use_features=config.use_features,
             encoder=encoder,
+            support=support,
+            support_features=support_features,
         )
 
-    inputs = inputs_of(train)
+    inputs = inputs_of(train, train_support)
     history = fit_critic(model, inputs, train, targets, meta, config, rng)
 
     heldout_pred = predict(model, inputs_of(heldout))
@@ -459,6 +512,8 @@ def save_critic_bundle(
     references the targets came from, and the summary with the gates."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / BUNDLE_WEIGHTS))
+    if model.support_tables is not None:
+        model.support_tables.save(directory / SUPPORT_FILE)
     (directory / BUNDLE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     references.save(directory / "references.json")
     (directory / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

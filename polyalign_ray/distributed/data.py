@@ -8,6 +8,7 @@ into Ray Data, so the distributed pipeline and the in-process one produce the sa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from polyalign_ray.corpus.dedup import (
 )
 from polyalign_ray.corpus.normalize import NormalizeSettings
 from polyalign_ray.corpus.prepare import build_manifest, normalize_raw_table
-from polyalign_ray.corpus.readers import ReadUnit, read_unit
+from polyalign_ray.corpus.readers import RAW_COLUMNS, ReadUnit, read_unit, split_line_ranges
 from polyalign_ray.corpus.splits import (
     HASH_BINS,
     assign_splits_table,
@@ -82,8 +83,44 @@ def _rows_equal(table: pa.Table, column: str, value: Any, *, equal: bool = True)
     return table.filter(mask if equal else pc.invert(mask))
 
 
-def _read_unit_rows(unit_row: dict[str, Any], *, max_chars: int) -> list[dict[str, Any]]:
-    return list(read_unit(ReadUnit(**unit_row), max_chars=max_chars))
+# A JSONL file larger than this is read by several tasks, each a line-aligned byte range of about this size: a read
+# task's memory is bounded by it, not by the file (one task per whole 100 MB file made Ray Data workers grow with
+# the corpus; bench/results/data_scale.md).
+READ_RANGE_BYTES = 32 * 1024 * 1024
+RAW_SCHEMA = pa.schema([(name, pa.int64() if name == "origin_line" else pa.string()) for name in RAW_COLUMNS])
+
+
+def _read_unit_batches(units: pa.Table, *, max_chars: int) -> Iterator[pa.Table]:
+    """Raw rows of read units, yielded ``ROWS_PER_BLOCK`` at a time (a generator: Ray Data streams each batch
+    on as it is made, so a task never holds a unit's rows all at once)."""
+    for unit_row in units.to_pylist():
+        rows: list[dict[str, Any]] = []
+        for row in read_unit(ReadUnit(**unit_row), max_chars=max_chars):
+            rows.append(row)
+            if len(rows) == ROWS_PER_BLOCK:
+                yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+
+
+# Ray Data's hash shuffle (keyed repartition, sort) concatenates up to DataContext.shuffle_input_batch_bytes of input
+# blocks per map task before partitioning them, 1 GiB by default: that batch and its partitions were the largest
+# private memory of a prepare at scale (a Ray Data worker at 1.9 GiB on 1.6M rows, bench/results/data_scale.md).
+SHUFFLE_INPUT_BATCH_BYTES = 128 * 2**20
+
+
+@contextlib.contextmanager
+def bounded_shuffle_batches(limit: int = SHUFFLE_INPUT_BATCH_BYTES) -> Iterator[None]:
+    """Ray Data shuffles started inside batch at most ``limit`` bytes of input per map task (the driver's
+    DataContext travels with the execution); the previous setting is restored after."""
+    context = ray.data.DataContext.get_current()
+    previous = context.shuffle_input_batch_bytes
+    context.shuffle_input_batch_bytes = min(previous, limit) if previous else limit
+    try:
+        yield
+    finally:
+        context.shuffle_input_batch_bytes = previous
 
 
 # Below this many records the split and dedup plans are made on the driver from five small key columns (fast, a
@@ -315,6 +352,7 @@ def _write_side_files_streamed(
     )
 
 
+@bounded_shuffle_batches()
 def prepare_with_ray(
     units: Sequence[ReadUnit],
     settings: NormalizeSettings,
@@ -323,8 +361,12 @@ def prepare_with_ray(
     max_row_chars: int,
     plan: str = "auto",
     partition_rows: int = PARTITION_ROWS,
+    read_range_bytes: int = READ_RANGE_BYTES,
 ) -> dict[str, Any]:
     """The prepare stage on Ray Data; returns the manifest (also written to ``output_dir``).
+
+    Input is read by one task per file or per line-aligned byte range of a large JSONL file (``read_range_bytes``),
+    each streaming its rows on in blocks.
 
     Normalization runs as parallel Ray Data tasks and is materialized once (the object store spills to disk when
     it must). Counts come back as one row per batch. The split and dedup plans are made on the driver from the
@@ -335,8 +377,13 @@ def prepare_with_ray(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    units_ds = ray.data.from_items([u.to_row() for u in units], override_num_blocks=max(len(units), 1))
-    raw = units_ds.flat_map(_read_unit_rows, fn_kwargs={"max_chars": max_row_chars})
+    read_units = [r for u in units for r in split_line_ranges(u, read_range_bytes)]
+    units_ds = ray.data.from_items(
+        [u.to_row() for u in read_units], override_num_blocks=max(len(read_units), 1)
+    )
+    raw = units_ds.map_batches(
+        _read_unit_batches, fn_kwargs={"max_chars": max_row_chars}, batch_size=1, batch_format="pyarrow"
+    )
     raw = raw.repartition(target_num_rows_per_block=ROWS_PER_BLOCK)
     outcomes = raw.map_batches(
         normalize_raw_table,

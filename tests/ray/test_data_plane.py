@@ -87,7 +87,8 @@ def strip_timing(manifest: dict) -> dict:
 def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> None:
     """The Ray Data engine, planning on the driver and planning by hash-partitioned passes (forced here with
     partitions of 60 records), writes the in-process engine's records, quarantine, duplicates and manifest."""
-    from polyalign_ray.distributed.data import prepare_with_ray
+    from polyalign_ray.corpus.readers import split_line_ranges
+    from polyalign_ray.distributed.data import READ_RANGE_BYTES, prepare_with_ray
 
     write_input(tmp_path / "in.jsonl")
     write_second_input(tmp_path / "in2.jsonl")
@@ -106,9 +107,19 @@ def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> N
     assert local["expanded"] > 0 and {"test", "val", "train"} <= {
         s for s, n in local["per_split"].items() if n
     }
+    assert all(len(split_line_ranges(u, 4096)) > 2 for u in units)
     for plan in ("driver", "distributed"):
         out = tmp_path / plan
-        distributed = prepare_with_ray(units, settings, out, max_row_chars=5000, plan=plan, partition_rows=60)
+        # The distributed run also reads each input as many 4 kB line ranges (several read tasks per file).
+        distributed = prepare_with_ray(
+            units,
+            settings,
+            out,
+            max_row_chars=5000,
+            plan=plan,
+            partition_rows=60,
+            read_range_bytes=4096 if plan == "distributed" else READ_RANGE_BYTES,
+        )
         assert strip_timing(distributed) == strip_timing(local), plan
         for split in SPLITS:
             assert load_split(out, split).equals(load_split(tmp_path / "local", split)), (plan, split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -20,7 +21,14 @@ from polyalign_ray.corpus.normalize import (
     normalize_raw_row,
 )
 from polyalign_ray.corpus.prepare import prepare_in_process
-from polyalign_ray.corpus.readers import InputError, discover_read_units, read_unit
+from polyalign_ray.corpus.readers import (
+    InputError,
+    ReadUnit,
+    _jsonl_rows,
+    discover_read_units,
+    read_unit,
+    split_line_ranges,
+)
 from polyalign_ray.corpus.splits import plan_splits
 from polyalign_ray.corpus.tables import load_split
 from polyalign_ray.schema import SPLITS
@@ -359,6 +367,32 @@ def test_readers_for_every_file_kind(tmp_path: Path) -> None:
         read = list(read_unit(unit, max_chars=1000))
         assert [json.loads(r["raw"])["prompt"] for r in read] == ["q0", "q1", "q2"], unit
         assert [r["origin_line"] for r in read] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("max_bytes", [1, 7, 40, 123, 10_000])
+def test_line_ranges_read_exactly_the_whole_files_rows(tmp_path: Path, max_bytes: int) -> None:
+    """Line-aligned byte ranges of a JSONL file, read one by one, give the rows (and 1-based line numbers) of
+    parsing the whole file in memory: a BOM, CRLF endings, blank lines, a long line, a bad byte and a last line
+    without a newline included."""
+    lines = [
+        b'\xef\xbb\xbf{"prompt": "q0", "response": "a0"}\r\n',
+        b"\n",
+        b'{"prompt": "q1", "response": "' + b"long " * 60 + b'"}\n',
+        b"   \n",
+        b'{"prompt": "\xe4\xbd\xa0\xe5\xa5\xbd", "response": "\xe5\x9b\x9e"}\r\n',
+        b'{"prompt": "bad \xff byte"}\n',
+        b"\n\n",
+        b'{"prompt": "q9", "response": "last"}',
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(lines))
+    whole = list(_jsonl_rows(str(path), path.read_bytes(), 1000))
+    assert len(whole) == 5 and whole[-1]["origin_line"] == 9
+    ranges = split_line_ranges(ReadUnit(str(path), "jsonl"), max_bytes)
+    assert len(ranges) > 1 if max_bytes < path.stat().st_size else len(ranges) == 1
+    assert ranges[0].byte_start == 0 and ranges[-1].byte_end == -1
+    assert all(a.byte_end == b.byte_start for a, b in itertools.pairwise(ranges))
+    assert [row for unit in ranges for row in read_unit(unit, max_chars=1000)] == whole
 
 
 def test_bad_paths_fail_loudly(tmp_path: Path) -> None:

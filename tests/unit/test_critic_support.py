@@ -1,0 +1,106 @@
+"""Support statistics (critic/support.py): hand-worked values, cross-fitting, and the bundle round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polyalign_ray.critic.scorer import CriticScorer
+from polyalign_ray.critic.support import (
+    GRAM_HASH_BUCKETS,
+    SMOOTHING,
+    SUPPORT_FEATURE_NAMES,
+    SUPPORT_FILE,
+    SupportTables,
+    bucket_family,
+    cross_fitted_support_features,
+    family_gram_ids,
+    fold_of,
+)
+from polyalign_ray.critic.train import save_critic_bundle, train_critic
+from tests.critic_fixtures import synthetic_examples
+from tests.unit.test_critic import SMALL
+
+QA, DIALOGUE = "en|single|qa|short", "en|multi|dialogue|short"
+
+
+def column(name: str) -> int:
+    return SUPPORT_FEATURE_NAMES.index(name)
+
+
+def test_bucket_family_drops_the_length_bin() -> None:
+    assert bucket_family("zh|multi|dialogue|long") == "zh|multi|dialogue"
+    assert bucket_family("custom") == "custom"
+
+
+def test_support_statistics_by_hand() -> None:
+    """Two human answers, one per family. "paris." has 6 n-grams (the word and bigrams pa ar ri is s.), each
+    counted once in the QA family (6 in all) and never in the dialogue family ("yeah me too": 3 words + 10
+    bigrams = 13), so per n-gram its log-likelihood margin is
+    log((1 + a) / (6 + aH)) - log(a / (13 + aH)) with a = 0.5, H = GRAM_HASH_BUCKETS."""
+    tables = SupportTables.fit(["Paris.", "yeah me too"], [QA, DIALOGUE])
+    paris, yeah = family_gram_ids("Paris."), family_gram_ids("yeah me too")
+    assert len(paris) == 6 and len(yeah) == 13
+    assert len(set(paris.tolist()) | set(yeah.tolist())) == 19  # no hash collision: the hand values hold
+
+    a, h = SMOOTHING, GRAM_HASH_BUCKETS
+    own = math.log((1 + a) / (6 + a * h))
+    other = math.log(a / (13 + a * h))
+    features = tables.features(["Paris.", "Par", "yeah me too"], [QA, QA, QA])
+    assert features[0, column("family_margin")] == pytest.approx(own - other)
+    assert features[0, column("family_loglik")] == pytest.approx(own)
+    # "yeah me too" scored as a QA answer reads like the other family: the margin is the negative mirror image
+    assert features[2, column("family_margin")] == pytest.approx(
+        math.log(a / (6 + a * h)) - math.log((1 + a) / (13 + a * h))
+    )
+    # endings: "." and "s." ended one of the two answers -> log(2 / 3); "r", "ar", "Par" none -> log(1 / 3)
+    for k in (1, 2):
+        assert features[0, column(f"ending_frequency_{k}")] == pytest.approx(math.log(2 / 3))
+        assert features[1, column(f"ending_frequency_{k}")] == pytest.approx(math.log(1 / 3))
+    # words: "paris" was used, "par" was not
+    assert features[0, column("unseen_word_share")] == 0.0 and features[0, column("last_word_unseen")] == 0.0
+    assert features[1, column("unseen_word_share")] == 1.0 and features[1, column("last_word_unseen")] == 1.0
+
+
+def test_an_answer_of_a_family_nobody_answered_in_is_as_unlike_as_the_least_likely_family() -> None:
+    tables = SupportTables.fit(["Paris.", "yeah me too"], [QA, DIALOGUE])
+    unknown = tables.features(["Paris."], ["zh|single|assistant|short"])[0]
+    qa = tables.features(["Paris."], [QA])[0]
+    dialogue = tables.features(["Paris."], [DIALOGUE])[0]
+    assert unknown[column("family_loglik")] == pytest.approx(dialogue[column("family_loglik")])
+    assert unknown[column("family_margin")] == pytest.approx(-qa[column("family_margin")])
+
+
+def test_cross_fitting_never_counts_an_answer_towards_itself() -> None:
+    """Each human answer uses a word nobody else used. From tables of the other folds every word is unseen (as
+    for a new answer at scoring time); from the full tables every word is seen (the in-sample leak)."""
+    texts = [f"word{i} alone{i}." for i in range(40)]
+    groups = [f"g{i}" for i in range(40)]
+    buckets = [QA if i % 2 else DIALOGUE for i in range(40)]
+    assert len({fold_of(g) for g in groups}) > 1
+    crossed = cross_fitted_support_features(texts, buckets, groups, texts, buckets, groups)
+    full = SupportTables.fit(texts, buckets).features(texts, buckets)
+    assert (crossed[:, column("unseen_word_share")] == 1.0).all()
+    assert (full[:, column("unseen_word_share")] == 0.0).all()
+
+
+def test_bundle_carries_its_support_tables(tmp_path: Path) -> None:
+    """The round trip scores like training with support statistics; a critic trained without them writes no
+    tables and a bundle that lost its tables fails with the file's name."""
+    examples, references = synthetic_examples(120)
+    heldout = [e for e in examples if e.heldout]
+    for support in (True, False):
+        config = dataclasses.replace(SMALL, support_features=support, epochs=3, min_spearman=-1.0)
+        model, meta, summary = train_critic(examples, config)
+        bundle = tmp_path / str(support)
+        save_critic_bundle(bundle, model, meta, summary, references)
+        assert (bundle / SUPPORT_FILE).is_file() == support
+        scores = CriticScorer(bundle).score([e.text for e in heldout], [e.bucket for e in heldout])
+        assert np.isfinite(scores).all()
+    (tmp_path / "True" / SUPPORT_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="support"):
+        CriticScorer(tmp_path / "True")
