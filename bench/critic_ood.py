@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import re
 import time
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def main() -> None:
         variants = {}
         for spec in args.variant:
             label, _, overrides = spec.partition("=")
-            variants[label] = [o for o in overrides.split(",") if o]
+            # commas inside [...] belong to a list value: critic.support_exclude=[a,b]
+            variants[label] = [o for o in re.split(r",(?![^\[]*\])", overrides) if o]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     per_seed = {}
     for label, overrides in variants.items():
@@ -165,6 +167,11 @@ def mean_over_seeds(runs: list[dict]) -> dict:
     out = {
         "train_seconds": stats([r["train_seconds"] for r in runs]),
         "heldout_spearman": stats([r["heldout_spearman"] for r in runs]),
+        **{
+            key: stats([r[key] for r in runs])
+            for key in ("heldout_spearman_models", "heldout_spearman_humans")
+            if all(key in r for r in runs)
+        },
         "hand_altered": {},
     }
     for kind in (*ALTERATIONS, "originals"):
@@ -208,10 +215,23 @@ def train_and_measure(run: Path, label: str, overrides: list[str], seed: int, wo
     return {
         "train_seconds": seconds,
         "heldout_spearman": summary["heldout_spearman"],
+        **spearman_by_author(bundle, examples),
         "heldout_ranking_accuracy_human_below_model": summary["heldout_ranking_accuracy_human_below_model"],
         "heldout_corrupted_farther_rate": summary.get("heldout_corrupted_farther_rate"),
         "hand_altered": measure(bundle, alter(held, seed), references),
     }
+
+
+def spearman_by_author(bundle: Path, examples: list) -> dict:
+    """Held-out Spearman within model answers (what ranking rollouts needs) and within human answers (all near
+    support, their targets a narrow range): the gate's one figure mixes the two."""
+    plain = [e for e in examples if e.heldout and e.kind in ("human", "model", "")]
+    scores = CriticScorer(bundle).score([e.text for e in plain], [e.bucket for e in plain])
+    out = {}
+    for name, human in (("heldout_spearman_models", False), ("heldout_spearman_humans", True)):
+        idx = [i for i, e in enumerate(plain) if e.is_human == human]
+        out[name] = spearman(scores[idx], [plain[i].target for i in idx])
+    return out
 
 
 def write_report(args: argparse.Namespace, results: dict, seeds: list[int]) -> None:
@@ -233,9 +253,10 @@ def write_report(args: argparse.Namespace, results: dict, seeds: list[int]) -> N
         f"records, {len(seeds)} seed(s) per critic (altered answers over all seeds: {counts}).",
         "Rate = share of altered answers the critic scores farther from human support than the original answer,",
         "mean over seeds with the range in brackets; the exact targets' own rate on the last line of each cell.",
-        "Spearman: held-out human + SFT answers (the quality gate).",
+        "Spearman: held-out human + SFT answers (the quality gate), then within the SFT answers and within the human",
+        "answers alone.",
         "",
-        "| critic | held-out Spearman | " + " | ".join(ALTERATIONS) + " | train s |",
+        "| critic | held-out Spearman (SFT / human) | " + " | ".join(ALTERATIONS) + " | train s |",
         "|---|---:|" + "---:|" * len(ALTERATIONS) + "---:|",
     ]
     for label, r in results.items():
@@ -248,8 +269,13 @@ def write_report(args: argparse.Namespace, results: dict, seeds: list[int]) -> N
             rate, target = m["critic_farther_rate"], m["target_farther_rate"]
             spread = f" ({rate['min']:.0%}-{rate['max']:.0%})" if len(seeds) > 1 else ""
             cells.append(f"{rate['mean']:.1%}{spread}<br>exact {target['mean']:.0%}")
+        within = ""
+        if "heldout_spearman_models" in r:
+            within = (
+                f" ({r['heldout_spearman_models']['mean']:.3f} / {r['heldout_spearman_humans']['mean']:.3f})"
+            )
         lines.append(
-            f"| {label} | {r['heldout_spearman']['mean']:.3f} | "
+            f"| {label} | {r['heldout_spearman']['mean']:.3f}{within} | "
             + " | ".join(cells)
             + f" | {r['train_seconds']['mean']:.0f} |"
         )

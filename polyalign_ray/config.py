@@ -457,6 +457,9 @@ class CriticConfig:
     support_features: bool = True
     """Also feed support statistics counted over the train human answers (critic/support.py): how the answer's
     family, ending and words compare with human answers'; shows cut answers and other contexts' answers."""
+    support_exclude: tuple[str, ...] = ()
+    """Support statistics left out (names in ``critic/support.py``, e.g. [length_below_bin, length_above_bin]):
+    for ablations; empty: all."""
     hash_buckets: int = 65_536
     """Hashed n-gram features of the hash encoder."""
     embedding_dim: int = 64
@@ -547,6 +550,14 @@ class CriticConfig:
         if self.corruptions_per_prompt < 0:
             out.append(f"{path}.corruptions_per_prompt must be >= 0, got {self.corruptions_per_prompt}")
         from polyalign_ray.critic.corruptions import KINDS
+        from polyalign_ray.critic.support import SUPPORT_FEATURE_NAMES
+
+        unknown_statistics = sorted(set(self.support_exclude) - set(SUPPORT_FEATURE_NAMES))
+        if unknown_statistics:
+            out.append(
+                f"{path}.support_exclude names unknown statistic(s) {unknown_statistics}; "
+                f"choose from {list(SUPPORT_FEATURE_NAMES)}"
+            )
 
         unknown = sorted(set(self.corruptions) - set(KINDS))
         if unknown:

@@ -15,6 +15,16 @@ cheap and exact, so the critic gets the counts instead of having to learn them f
 - ``ending_frequency_1..3``: log frequency of the answer's last 1, 2, 3 characters as the end of a human answer
   (an answer cut mid-word or mid-sentence ends in a way human answers seldom do).
 - ``unseen_word_share`` and ``last_word_unseen``: words no human answer used (a cut word is usually not a word).
+- ``word_end_rate_2``, ``word_end_rate_3``: when the answer ends inside a word or a run of Han characters (its
+  last character belongs to it), how often the last 2 (3) characters of that word end a word rather than continue
+  one in human answers, as a log rate ("Edwi", "Bla", "it mea": "dwi", "bla", "mea" nearly always continue; "你"
+  seldom ends a run). Rare words are common in answers (names, in QA), so whether the last word was seen says
+  less than whether it *ends* like a word. 0 (a complete word) when the answer ends in a space or punctuation.
+- ``length_below_bin`` and ``length_above_bin``: how far (in log length tokens) the answer lies below or above its
+  bucket's length bin. A bucket's bin is defined by its human answers' length, so every one of them lies inside
+  it: an answer outside is outside human support by construction (a medium answer cut to a third, an answer
+  repeated, a short answer moved into a long bucket), however normal its text reads. 0 inside the bin and for
+  bucket ids without a length bin.
 
 The critic's own training answers must not see counts that include themselves, or it would learn to trust
 in-sample familiarity that scoring-time answers never have: :func:`cross_fitted_support_features` computes each
@@ -24,12 +34,15 @@ training prompt's statistics from tables fitted on the other folds' human answer
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import regex
+
+from polyalign_ray.schema import LENGTH_BIN_UPPER, count_length_tokens
 
 SUPPORT_FEATURE_NAMES: tuple[str, ...] = (
     "family_margin",
@@ -39,6 +52,10 @@ SUPPORT_FEATURE_NAMES: tuple[str, ...] = (
     "ending_frequency_3",
     "unseen_word_share",
     "last_word_unseen",
+    "word_end_rate_2",
+    "word_end_rate_3",
+    "length_below_bin",
+    "length_above_bin",
 )
 SUPPORT_FILE = "support.npz"
 GRAM_HASH_BUCKETS = 1 << 15
@@ -50,12 +67,40 @@ CROSS_FIT_FOLDS = 5
 _WORD = regex.compile(r"\p{Han}|[\p{L}\p{M}\p{N}']+")
 _LATIN_WORD = regex.compile(r"[\p{L}\p{M}\p{N}']+")
 _HAN = regex.compile(r"\p{Han}")
+_RUN = regex.compile(r"(?V1)\p{Han}+|[[\p{L}\p{M}\p{N}']--\p{Han}]+")
+"""A word of an alphabetic script, or a run of Han characters (Chinese has no spaces: a run ends where the
+clause does, at punctuation, a space or another script)."""
 
 
 def bucket_family(bucket: str) -> str:
     """``language|track|family`` of a ``language|track|family|length_bin`` bucket (the whole id otherwise)."""
     parts = bucket.split("|")
     return "|".join(parts[:3]) if len(parts) == 4 else bucket
+
+
+def length_bin_bounds(bucket: str) -> tuple[int, float] | None:
+    """Inclusive (lower, upper) length tokens of a ``language|track|family|length_bin`` bucket's bin (upper is
+    infinite for the last bin); None when the id names no known length bin."""
+    name = bucket.rsplit("|", 1)[-1]
+    lower = 1  # a human answer has at least one length token
+    for bin_name, upper in LENGTH_BIN_UPPER:
+        if name == bin_name:
+            return lower, float(upper)
+        lower = upper + 1
+    return (lower, math.inf) if name == "xlong" else None
+
+
+def length_bin_excess(text: str, bucket: str) -> tuple[float, float]:
+    """(below, above): log(1 + lower) - log(1 + n) when the answer's n length tokens fall short of its bucket's
+    bin, log(1 + n) - log(1 + upper) when they exceed it, 0 otherwise (and for a bucket without a bin)."""
+    bounds = length_bin_bounds(bucket)
+    if bounds is None:
+        return 0.0, 0.0
+    lower, upper = bounds
+    n = count_length_tokens(text)
+    below = math.log1p(lower) - math.log1p(n) if n < lower else 0.0
+    above = math.log1p(n) - math.log1p(upper) if n > upper else 0.0
+    return below, above
 
 
 def _hash(text: str, buckets: int) -> int:
@@ -76,6 +121,31 @@ def ending_ids(text: str) -> list[int]:
     return [_hash(f"{n}{stripped[-n:]}", WORD_HASH_BUCKETS) for n in (1, 2, 3)]
 
 
+def word_runs(text: str) -> list[str]:
+    """Lowercased words of alphabetic scripts and runs of Han characters, in order."""
+    return _RUN.findall(text.lower())
+
+
+def ending_word(text: str) -> str | None:
+    """The lowercased word or Han run the text ends inside of (its last character belongs to it), or None when
+    the text ends in a space, punctuation or a symbol."""
+    lowered = text.lower()
+    runs = list(_RUN.finditer(lowered))
+    if not runs or runs[-1].end() != len(lowered):
+        return None
+    return runs[-1].group()
+
+
+def word_piece_ids(word: str) -> tuple[list[int], list[int]]:
+    """(final, inner) hashed pieces of a word: its last 1, 2, 3 letters (keyed by length), and every 1-3 letter
+    piece followed by at least one more letter."""
+    final = [_hash(f"{n}{word[-n:]}", WORD_HASH_BUCKETS) for n in (1, 2, 3) if len(word) >= n]
+    inner = [
+        _hash(f"{n}{word[i : i + n]}", WORD_HASH_BUCKETS) for n in (1, 2, 3) for i in range(len(word) - n)
+    ]
+    return final, inner
+
+
 def latin_words(text: str) -> list[str]:
     """Lowercased words of alphabetic scripts (Han runs are not split into words here)."""
     return [w for w in _LATIN_WORD.findall(text.lower()) if not _HAN.search(w)]
@@ -93,6 +163,10 @@ class SupportTables:
     word_counts: np.ndarray
     """(WORD_HASH_BUCKETS,) answers using each hashed word."""
     answers: int
+    word_final_counts: np.ndarray
+    """(WORD_HASH_BUCKETS,) word occurrences ending in each hashed 1-3 letter piece."""
+    word_inner_counts: np.ndarray
+    """(WORD_HASH_BUCKETS,) occurrences of each hashed 1-3 letter piece followed by another letter."""
 
     @classmethod
     def fit(cls, texts: Sequence[str], buckets: Sequence[str]) -> SupportTables:
@@ -101,12 +175,18 @@ class SupportTables:
         grams = np.zeros((len(families), GRAM_HASH_BUCKETS), dtype=np.float64)
         endings = np.zeros((3, WORD_HASH_BUCKETS), dtype=np.float64)
         words = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
+        final = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
+        inner = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
         for text, bucket in zip(texts, buckets, strict=True):
             np.add.at(grams[index[bucket_family(bucket)]], family_gram_ids(text), 1.0)
             endings[np.arange(3), ending_ids(text)] += 1.0
             seen = {_hash(w, WORD_HASH_BUCKETS) for w in latin_words(text)}
             words[list(seen)] += 1.0
-        return cls(families, grams, endings, words, len(texts))
+            for word in word_runs(text):
+                final_ids, inner_ids = word_piece_ids(word)
+                np.add.at(final, final_ids, 1.0)
+                np.add.at(inner, inner_ids, 1.0)
+        return cls(families, grams, endings, words, len(texts), final, inner)
 
     def features(self, texts: Sequence[str], buckets: Sequence[str]) -> np.ndarray:
         """(len(texts), len(SUPPORT_FEATURE_NAMES)) support statistics of each text in its bucket."""
@@ -134,7 +214,22 @@ class SupportTables:
                 counts = self.word_counts[[_hash(w, WORD_HASH_BUCKETS) for w in words]]
                 out[row, 5] = float(np.mean(counts == 0))
                 out[row, 6] = float(counts[-1] == 0)
+            out[row, 7:9] = self.word_end_rates(text)
+            out[row, 9:11] = length_bin_excess(text, bucket)
         return out
+
+    def word_end_rates(self, text: str) -> tuple[float, float]:
+        """log((final + 1/2) / (final + inner + 1)) of the last 2 and 3 letters (fewer in a shorter word) of the
+        word the text ends inside of; (0, 0) when it ends outside a word."""
+        word = ending_word(text)
+        if word is None:
+            return 0.0, 0.0
+        rates = []
+        for n in (2, 3):
+            piece = _hash(f"{min(n, len(word))}{word[-n:]}", WORD_HASH_BUCKETS)
+            final, inner = self.word_final_counts[piece], self.word_inner_counts[piece]
+            rates.append(math.log((final + 0.5) / (final + inner + 1.0)))
+        return rates[0], rates[1]
 
     def save(self, path: Path) -> None:
         np.savez_compressed(
@@ -144,6 +239,8 @@ class SupportTables:
             ending_counts=self.ending_counts.astype(np.float32),
             word_counts=self.word_counts.astype(np.float32),
             answers=np.asarray(self.answers),
+            word_final_counts=self.word_final_counts.astype(np.float32),
+            word_inner_counts=self.word_inner_counts.astype(np.float32),
         )
 
     @classmethod
@@ -155,6 +252,11 @@ class SupportTables:
                 data["ending_counts"].astype(np.float64),
                 data["word_counts"].astype(np.float64),
                 int(data["answers"]),
+                # tables saved before these counts existed: the statistics from them are not fed to that critic
+                *(
+                    data[name].astype(np.float64) if name in data.files else np.zeros(WORD_HASH_BUCKETS)
+                    for name in ("word_final_counts", "word_inner_counts")
+                ),
             )
 
 

@@ -177,6 +177,9 @@ def critic_inputs(
             if support is None:
                 raise ValueError("this critic needs its support tables (support.npz in the bundle)")
             support_features = support.features(list(texts), list(buckets))
+        # the critic was trained on the columns its bundle names, in order (statistics left out, or added later)
+        names = meta.get("support_feature_names", list(SUPPORT_FEATURE_NAMES))
+        support_features = support_features[:, [SUPPORT_FEATURE_NAMES.index(n) for n in names]]
         parts.append(
             standardize_features(
                 support_features, np.asarray(meta["support_mean"]), np.asarray(meta["support_std"])
@@ -303,10 +306,12 @@ def critic_metadata(
     encoder and sizes."""
     support = {}
     if train_support is not None:
+        names = [n for n in SUPPORT_FEATURE_NAMES if n not in config.support_exclude]
+        kept = train_support[:, [SUPPORT_FEATURE_NAMES.index(n) for n in names]]
         support = {
-            "support_feature_names": list(SUPPORT_FEATURE_NAMES),
-            "support_mean": train_support.mean(axis=0).tolist(),
-            "support_std": np.maximum(train_support.std(axis=0), 1e-6).tolist(),
+            "support_feature_names": names,
+            "support_mean": kept.mean(axis=0).tolist(),
+            "support_std": np.maximum(kept.std(axis=0), 1e-6).tolist(),
         }
     return {
         "support": train_support is not None,

@@ -75,7 +75,7 @@ def sample_answers_with_ray(
         },
         batch_size=generation.batch_size,
         batch_format="pyarrow",
-        concurrency=generation.num_workers,
+        compute=ray.data.ActorPoolStrategy(size=generation.num_workers),
         num_cpus=0 if generation.use_gpu else 1,
         num_gpus=1 if generation.use_gpu else 0,
     )

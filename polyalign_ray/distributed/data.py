@@ -628,6 +628,6 @@ def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any)
         },
         batch_size=64,
         batch_format="pyarrow",
-        concurrency=config.generation.num_workers,
+        compute=ray.data.ActorPoolStrategy(size=config.generation.num_workers),
         num_cpus=1,
     )

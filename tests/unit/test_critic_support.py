@@ -20,8 +20,9 @@ from polyalign_ray.critic.support import (
     cross_fitted_support_features,
     family_gram_ids,
     fold_of,
+    length_bin_bounds,
 )
-from polyalign_ray.critic.train import save_critic_bundle, train_critic
+from polyalign_ray.critic.train import critic_inputs, save_critic_bundle, train_critic
 from tests.critic_fixtures import synthetic_examples
 from tests.unit.test_critic import SMALL
 
@@ -73,6 +74,54 @@ def test_an_answer_of_a_family_nobody_answered_in_is_as_unlike_as_the_least_like
     dialogue = tables.features(["Paris."], [DIALOGUE])[0]
     assert unknown[column("family_loglik")] == pytest.approx(dialogue[column("family_loglik")])
     assert unknown[column("family_margin")] == pytest.approx(-qa[column("family_margin")])
+
+
+def test_word_end_rates_by_hand() -> None:
+    """Human answers "Paris." and "你好。". The word "paris" ends in the pieces s, is, ris and holds p, a, r, i, pa,
+    ar, ri, par, ari followed by another letter; the Han run "你好" ends in 好, 你好 and holds 你. A rate is
+    log((final + 1/2) / (final + inner + 1)): "Paris" ends in "is"/"ris" (1 final, 0 inner: log 0.75), "Par" in
+    "ar"/"par" (0 final, 1 inner: log 0.25), a word shorter than the piece uses itself ("P", "你": log 0.25), an
+    unseen piece gives log 0.5, and an answer ending outside a word or run gives 0."""
+    tables = SupportTables.fit(["Paris.", "你好。"], [QA, "zh|single|qa|short"])
+    texts = ["Paris", "Par", "P", "Paris xy", "Paris.", "你好", "你", "Paris 巴黎"]
+    features = tables.features(texts, [QA] * len(texts))
+    expected = [0.75, 0.25, 0.25, 0.5, 1.0, 0.75, 0.25, 0.5]
+    for k in (2, 3):
+        rate = features[:, column(f"word_end_rate_{k}")]
+        assert rate.tolist() == pytest.approx([math.log(e) for e in expected])
+
+
+def test_length_outside_the_bucket_bin_by_hand() -> None:
+    """Bins hold 1-40 (short), 41-120 (medium), 121-240 (long), 241+ (xlong) length tokens. Three words in a
+    medium bucket fall 41 - 3 short: log(1 + 41) - log(1 + 3); 45 words in a short bucket exceed it by
+    log(1 + 45) - log(1 + 40); inside the bin, in xlong above 241, and in a bucket id without a bin: 0."""
+    tables = SupportTables.fit(["Paris."], [QA])
+    three, forty_five = "a b c", " ".join(["w"] * 45)
+    features = tables.features(
+        [three, forty_five, forty_five, three, " ".join(["w"] * 300), three],
+        ["en|single|qa|medium", QA, "en|single|qa|medium", QA, "en|single|qa|xlong", "custom"],
+    )
+    below, above = column("length_below_bin"), column("length_above_bin")
+    assert features[0, below] == pytest.approx(math.log(42) - math.log(4)) and features[0, above] == 0.0
+    assert features[1, above] == pytest.approx(math.log(46) - math.log(41)) and features[1, below] == 0.0
+    assert (features[2:, below] == 0.0).all() and (features[2:, above] == 0.0).all()
+    assert length_bin_bounds("en|single|qa|xlong") == (241, math.inf)
+    assert length_bin_bounds("custom") is None
+
+
+def test_a_bundle_saved_before_the_length_statistics_reads_its_own_columns(tmp_path: Path) -> None:
+    """A critic.json naming the first seven statistics only is fed those seven, in its order."""
+    examples, _ = synthetic_examples(60)
+    config = dataclasses.replace(SMALL, epochs=1, min_spearman=-1.0)
+    model, meta, _ = train_critic(examples, config)
+    old_names = list(SUPPORT_FEATURE_NAMES[:7])
+    meta = meta | {
+        "support_feature_names": old_names,
+        "support_mean": meta["support_mean"][:7],
+        "support_std": meta["support_std"][:7],
+    }
+    inputs = critic_inputs(["Paris."], [QA], meta, use_features=False, support=model.support_tables)
+    assert inputs.features.shape[1] == 7
 
 
 def test_cross_fitting_never_counts_an_answer_towards_itself() -> None:
