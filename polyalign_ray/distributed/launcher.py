@@ -9,6 +9,10 @@ checkpoint). Each worker gets a :class:`RayWorkerContext`: its rank, every row o
 shares are exact and every rank takes the same number of steps), a checkpointer that reports to Ray Train, the
 checkpoint Ray Train hands back after a restart, and a DeepSpeed strategy.
 
+Where a stage's time goes before its first step: rank 0 writes ``OUTPUT/startup.json`` (wall-clock marks from
+``fit()`` to the worker's entry, its context, the model and data, and DeepSpeed's initialization), and the driver
+adds the durations to ``summary.json`` as ``startup_s`` (see :func:`startup_durations`).
+
 Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group after a crash; the restarted body gets
 the latest reported checkpoint as ``restore_path`` and continues from its step and sampler state.
 """
@@ -19,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,12 +75,14 @@ def restore_checkpoint() -> Path | None:
 class RayWorkerContext:
     """:class:`~polyalign_ray.stages.context.WorkerContext` inside a Ray Train worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, output_dir: Path | None = None, marks: dict[str, float] | None = None) -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.checkpointer = RayTrainCheckpointer()
         self.restore_path = restore_checkpoint()
+        self.output_dir = output_dir
+        self.marks = {**(marks or {}), "context_ready": time.time()}
 
     def dataset(self, name: str) -> pa.Table:
         shard = ray.train.get_dataset_shard(name)
@@ -93,10 +100,36 @@ class RayWorkerContext:
     ) -> Strategy:
         from polyalign_ray.distributed.deepspeed import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(model, optimizer_factory, scheduler_factory, ds_config, use_gpu=use_gpu)
+        self.marks["model_and_data_ready"] = time.time()
+        strategy = DeepSpeedStrategy(model, optimizer_factory, scheduler_factory, ds_config, use_gpu=use_gpu)
+        self.marks["deepspeed_ready"] = time.time()
+        if self.rank == 0 and self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / STARTUP_FILE).write_text(json.dumps(self.marks), encoding="utf-8")
+        return strategy
 
 
 WORKERS_FILE = "workers.jsonl"
+STARTUP_FILE = "startup.json"
+STARTUP_PHASES = (
+    ("workers_started", "fit_started", "worker_entered"),
+    ("worker_context", "worker_entered", "context_ready"),
+    ("model_and_data", "context_ready", "model_and_data_ready"),
+    ("deepspeed_init", "model_and_data_ready", "deepspeed_ready"),
+)
+"""(phase, from mark, to mark): ``workers_started`` is Ray Train's controller, placement group and worker
+processes up to the body's first line (their imports included; after a restart, every attempt); ``worker_context``
+the restored checkpoint and dataset shards; ``model_and_data`` the model, tokenizer and examples."""
+
+
+def startup_durations(marks: dict[str, float], fit_returned: float, loop_seconds: float) -> dict[str, float]:
+    """Seconds per startup phase from rank 0's wall-clock marks (one machine's clock for all but the first phase,
+    whose start is the driver's), plus ``fit_total`` and ``after_loop``: what ``fit()`` took beyond the startup and
+    the loop's own wall time (checkpoint writes, the final model, the worker group's teardown)."""
+    out = {name: round(marks[end] - marks[start], 3) for name, start, end in STARTUP_PHASES}
+    out["fit_total"] = round(fit_returned - marks["fit_started"], 3)
+    out["after_loop"] = round(fit_returned - marks["deepspeed_ready"] - loop_seconds, 3)
+    return out
 
 
 def record_worker(output_dir: Path, context: RayWorkerContext) -> None:
@@ -121,8 +154,12 @@ def record_worker(output_dir: Path, context: RayWorkerContext) -> None:
 def _worker_entry(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: the stage's body with this worker's context (the local copy of a restored
     checkpoint is removed afterwards)."""
+    entered = time.time()
     configure_worker_logging()
-    context = RayWorkerContext()
+    context = RayWorkerContext(
+        Path(loop_config["output_dir"]),
+        {"fit_started": loop_config["fit_started"], "worker_entered": entered},
+    )
     record_worker(Path(loop_config["output_dir"]), context)
     try:
         loop_config["body"](context, loop_config["payload"])
@@ -139,13 +176,19 @@ def deepspeed_trainer(
     name: str,
     output_dir: Path,
     datasets: dict[str, ray.data.Dataset],
+    fit_started: float = 0.0,
 ) -> TorchTrainer:
     """The TorchTrainer every training stage uses: ``train.num_workers`` DeepSpeed workers running ``body``,
     checkpoints and restarts under ``output_dir/ray_results/name``, every dataset given whole to every worker.
     A run folder that already holds checkpoints is continued from the latest one."""
     return TorchTrainer(
         _worker_entry,
-        train_loop_config={"body": body, "payload": payload, "output_dir": str(output_dir)},
+        train_loop_config={
+            "body": body,
+            "payload": payload,
+            "output_dir": str(output_dir),
+            "fit_started": fit_started or time.time(),
+        },
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
@@ -178,16 +221,23 @@ def launch_training(
     """Run ``body`` on the workers; return rank 0's ``summary.json`` with ``extra`` and the last Ray checkpoint
     added (also written back). While it trains, the driver prints its progress and hands every metrics line to the
     experiment trackers (``tracking.backends``): one run per stage, named by its folder."""
-    trainer = deepspeed_trainer(body, payload, train, name=name, output_dir=output_dir, datasets=datasets)
+    (output_dir / STARTUP_FILE).unlink(missing_ok=True)
+    trainer = deepspeed_trainer(
+        body, payload, train, name=name, output_dir=output_dir, datasets=datasets, fit_started=time.time()
+    )
     tracker = StageRun(config.tracking, run_root(config), output_dir, stage=stage).start(config)
     try:
         with TrainingProgress(output_dir / "metrics.jsonl", output_dir.name, on_line=tracker.log_line):
             result = trainer.fit()
+        fit_returned = time.time()
     except BaseException:
         tracker.end("FAILED")
         raise
     summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
     summary.update(extra)
+    if (output_dir / STARTUP_FILE).is_file():
+        marks = json.loads((output_dir / STARTUP_FILE).read_text(encoding="utf-8"))
+        summary["startup_s"] = startup_durations(marks, fit_returned, float(summary.get("wall_s", 0.0)))
     summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
     (output_dir / "summary.json").write_text(
         json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8"

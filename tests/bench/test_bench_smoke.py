@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 # The benchmarks' data and model generators, tiny (the real ones are the shared TRL baseline script's).
 STUB = REPO / "tests" / "fixtures" / "bench_baseline_stub.py"
@@ -75,3 +77,43 @@ def test_data_scale_runs(tmp_path: Path) -> None:
     assert [r["what"] for r in rows] == ["prepare (driver plan)", "sft shards"]
     assert rows[0]["read"] == 200 and rows[1]["steps"] == 2 and rows[1]["train_workers_seen"] == 2
     assert "| 1x | 200 | sft shards |" in report.read_text()
+
+
+def test_critic_ood_runs(tmp_path: Path) -> None:
+    """The critic benchmark on a tiny prepared corpus; stand-in SFT samples (each prompt's "sample" is another
+    record's human answer) are enough for it: it needs model answers, not a model."""
+    from polyalign_ray.config import load_config
+    from polyalign_ray.corpus.tables import load_split
+    from polyalign_ray.stages.data import run_prepare, run_references
+
+    run = tmp_path / "run"
+    config = load_config(None, [f"data.output_dir={run / 'data'}", "data.builtin_max_per_bucket=15"])
+    run_prepare(config, engine="local")
+    run_references(config)
+    rows = [r for split in ("train", "val") for r in load_split(run / "data", split).to_pylist()]
+    (run / "critic").mkdir()
+    with (run / "critic" / "samples.jsonl").open("w", encoding="utf-8") as out:
+        for i, row in enumerate(rows):
+            out.write(
+                json.dumps({"id": row["id"], "samples": [rows[(i + 7) % len(rows)]["response"]]}) + "\n"
+            )
+    tiny = "tiny=critic.epochs=2,critic.hash_buckets=4096,critic.min_spearman=-1,critic.support_exclude=[family_loglik]"
+    run_bench(
+        "critic_ood.py", "--run", str(run), "--out", str(tmp_path / "ood"), "--work", str(tmp_path / "work"),
+        "--seeds", "0", "--variant", tiny,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "ood.json").read_text())["results"]["tiny"]
+    assert results["overrides"][-1] == "critic.support_exclude=[family_loglik]"
+    altered = results["hand_altered"]
+    assert {"repeated", "cut", "other_bucket", "relabeled"} <= set(altered)
+    assert all(0.0 <= altered[k]["critic_farther_rate"]["mean"] <= 1.0 for k in ("repeated", "cut"))
+    assert "| tiny |" in (tmp_path / "ood.md").read_text()
+
+
+@pytest.mark.ray
+def test_ray_train_noop_runs(tmp_path: Path) -> None:
+    """Its own local Ray instance in a child process (the suite's session instance is not used)."""
+    env_out = tmp_path / "noop.json"
+    run_bench("ray_train_noop.py", "--workers", "1", "--fits", "1", "--num-cpus", "1", "--out", str(env_out))
+    fit = json.loads(env_out.read_text())["fits"][0]
+    assert 0 < fit["to_body_s"] < fit["fit_s"] and fit["after_body_s"] > 0

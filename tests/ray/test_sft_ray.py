@@ -96,6 +96,11 @@ def test_zero3_loss_falls_and_checkpoint_loads(zero3_run: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(zero3_run / "final")
     assert model.config.hidden_size == 32
     assert all(p.numel() > 0 for p in model.parameters())
+    # where the stage's time went before its first step (issue 18): every phase measured, inside fit()'s time
+    startup = json.loads((zero3_run / "summary.json").read_text())["startup_s"]
+    phases = ("workers_started", "worker_context", "model_and_data", "deepspeed_init")
+    assert all(startup[p] >= 0 for p in phases) and startup["after_loop"] >= 0
+    assert sum(startup[p] for p in phases) < startup["fit_total"]
 
 
 def test_two_ranks_equal_one_rank_with_the_global_batch(ray_session, data_dir, zero3_run, tmp_path) -> None:
