@@ -38,12 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import harness
 
 OBJECT_STORE_ENV = "DATA_SCALE_OBJECT_STORE_MIB"  # --object-store-mib, handed to the children
+TRACE_HEAP_ENV = "DATA_SCALE_TRACE_PYTHON_HEAP"  # --trace-python-heap, handed to the children
 TRAIN_WORKER_TITLE = "TrainWorker"  # Ray Train worker actors' process titles contain this
 SAMPLE_INTERVAL_S = 0.25
 
@@ -187,12 +189,24 @@ def child_prepare(corpus: Path, data: Path, plan: str) -> dict[str, Any]:
     from polyalign_ray.distributed.data import prepare_with_ray
 
     _ray_init()
+    trace = os.environ.get(TRACE_HEAP_ENV) == "1"
+    if (
+        trace
+    ):  # Python objects only (ours and Ray Data's); native memory (Arrow, Ray's core worker) is not traced
+        tracemalloc.start()
     units = discover_read_units([str(corpus)])
     start = time.perf_counter()
     manifest = prepare_with_ray(units, NormalizeSettings(), data, max_row_chars=200_000, plan=plan)
     seconds = time.perf_counter() - start
     read = int(manifest["read"])
-    return {"seconds": round(seconds, 1), "read": read, "rows_per_s": round(read / seconds, 1)}
+    result = {"seconds": round(seconds, 1), "read": read, "rows_per_s": round(read / seconds, 1)}
+    if trace:
+        current, peak = tracemalloc.get_traced_memory()
+        result |= {
+            "driver_python_heap_mib": round(current / 2**20, 1),
+            "driver_python_heap_peak_mib": round(peak / 2**20, 1),
+        }
+    return result
 
 
 def child_sft(data: Path, model: str, store: str, out: Path, steps: int) -> dict[str, Any]:
@@ -284,6 +298,17 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['driver_peak_rss_mib']:.0f} | {worker} | {r['other_ray_process_peak_rss_mib']:.0f} | "
             f"{private} | {r['other_processes_cpu_s']} |"
         )
+    heap = [r for r in rows if "driver_python_heap_mib" in r]
+    if heap:
+        lines += [
+            "",
+            "Driver's Python heap (tracemalloc; Python objects only, ours and Ray Data's), MiB at the end / peak:",
+            "",
+        ]
+        lines += [
+            f"- {r['scale']}x {r['what']}: {r['driver_python_heap_mib']} / {r['driver_python_heap_peak_mib']}"
+            for r in heap
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -309,6 +334,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="cap Ray's object store (0: Ray's default, 30%% of memory); what processes map of it counts in RSS",
     )
+    parser.add_argument(
+        "--trace-python-heap",
+        action="store_true",
+        help="prepare's driver traces its Python heap (tracemalloc: slower); the rows get its end and peak size",
+    )
     parser.add_argument("--work-dir", default="", help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--report", default="", help="append a Markdown section here")
     parser.add_argument("--jsonl", default="", help="append one JSON line per measurement here")
@@ -321,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.object_store_mib:
         os.environ[OBJECT_STORE_ENV] = str(args.object_store_mib)
+    if args.trace_python_heap:
+        os.environ[TRACE_HEAP_ENV] = "1"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import prepare_throughput
 

@@ -128,7 +128,9 @@ def discover_read_units(inputs: list[str] | tuple[str, ...]) -> list[ReadUnit]:
     return units
 
 
-SCAN_BLOCK_BYTES = 16 * 1024 * 1024
+SCAN_BLOCK_BYTES = 1024 * 1024
+"""Read size of the newline scan that splits a large file into ranges; it runs on the prepare driver, whose peak
+memory it adds to (twice: the next block is read while the last is still held), so it is kept small."""
 
 
 def split_line_ranges(unit: ReadUnit, max_bytes: int) -> list[ReadUnit]:

@@ -71,12 +71,13 @@ def test_data_scale_runs(tmp_path: Path) -> None:
     report, lines = tmp_path / "scale.md", tmp_path / "scale.jsonl"
     run_bench(
         "data_scale.py", "--base-records", "200", "--scales", "1", "--stores", "shards", "--steps", "2",
-        "--prepare-plans", "driver", "--report", str(report), "--jsonl", str(lines),
+        "--prepare-plans", "driver", "--report", str(report), "--jsonl", str(lines), "--trace-python-heap",
     )  # fmt: skip
     rows = [json.loads(line) for line in lines.read_text().splitlines()]
     assert [r["what"] for r in rows] == ["prepare (driver plan)", "sft shards"]
     assert rows[0]["read"] == 200 and rows[1]["steps"] == 2 and rows[1]["train_workers_seen"] == 2
     assert "| 1x | 200 | sft shards |" in report.read_text()
+    assert 0 < rows[0]["driver_python_heap_mib"] <= rows[0]["driver_python_heap_peak_mib"]
 
 
 def test_critic_ood_runs(tmp_path: Path) -> None:

@@ -369,11 +369,15 @@ def test_readers_for_every_file_kind(tmp_path: Path) -> None:
         assert [r["origin_line"] for r in read] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("scan_block", [1 << 20, 5, 64])
 @pytest.mark.parametrize("max_bytes", [1, 7, 40, 123, 10_000])
-def test_line_ranges_read_exactly_the_whole_files_rows(tmp_path: Path, max_bytes: int) -> None:
+def test_line_ranges_read_exactly_the_whole_files_rows(
+    tmp_path: Path, max_bytes: int, scan_block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Line-aligned byte ranges of a JSONL file, read one by one, give the rows (and 1-based line numbers) of
     parsing the whole file in memory: a BOM, CRLF endings, blank lines, a long line, a bad byte and a last line
-    without a newline included."""
+    without a newline included; also when the newline scan reads the file in blocks smaller than a line."""
+    monkeypatch.setattr("polyalign_ray.corpus.readers.SCAN_BLOCK_BYTES", scan_block)
     lines = [
         b'\xef\xbb\xbf{"prompt": "q0", "response": "a0"}\r\n',
         b"\n",
