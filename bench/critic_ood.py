@@ -41,6 +41,7 @@ from polyalign_ray.critic.scorer import CriticScorer
 from polyalign_ray.critic.train import build_critic_examples, save_critic_bundle, spearman, train_critic
 from polyalign_ray.features import features_matrix
 from polyalign_ray.references import ReferenceSet
+from polyalign_ray.schema import count_length_tokens
 from polyalign_ray.stages.critic import critic_records
 from polyalign_ray.stages.hdpo import load_samples
 
@@ -104,7 +105,47 @@ def measure(bundle: Path, altered: list, references: ReferenceSet) -> dict:
     all_scores = np.concatenate([scores, list(base_scores.values())])
     all_true = np.concatenate([true, list(base_true.values())])
     out["spearman_altered_and_originals"] = spearman(all_scores, all_true)
+    out["by_case"] = breakdown(altered, scores, base_scores, true, base_true)
     return out
+
+
+def alteration_case(record: dict, kind: str, text: str, bucket: str) -> str:
+    """Which case of its kind an alteration is: for a relabel, which bucket parts changed (track, family, length
+    bin); for a cut, the original's length bin and whether one word or character is left."""
+    if kind in ("relabeled", "other_bucket"):
+        old, new = record["bucket_id"].split("|"), bucket.split("|")
+        if kind == "other_bucket":
+            return "answer from another bucket"
+        changed = [
+            name for name, a, b in zip(("track", "family", "bin"), old[1:], new[1:], strict=False) if a != b
+        ]
+        return "+".join(changed) or "same"
+    if kind == "cut":
+        left = "one word or character left" if count_length_tokens(text) <= 1 else "more left"
+        return f"{record['bucket_id'].rsplit('|', 1)[-1]}, {left}"
+    return "all"
+
+
+def breakdown(
+    altered: list, scores: np.ndarray, base_scores: dict, true: np.ndarray, base_true: dict
+) -> dict:
+    """kind -> case -> n and the share the critic (and the exact target) puts farther than the original: where
+    the failures are."""
+    tally: dict[str, dict[str, list[int]]] = {}
+    for (record, kind, text, bucket), score, target in zip(altered, scores, true, strict=True):
+        if kind not in ("relabeled", "cut"):
+            continue
+        case = tally.setdefault(kind, {}).setdefault(alteration_case(record, kind, text, bucket), [0, 0, 0])
+        case[0] += 1
+        case[1] += int(score > base_scores[id(record)])
+        case[2] += int(target > base_true[id(record)])
+    return {
+        kind: {
+            case: {"n": n, "critic_farther_rate": hits / n, "target_farther_rate": exact / n}
+            for case, (n, hits, exact) in sorted(cases.items())
+        }
+        for kind, cases in tally.items()
+    }
 
 
 def main() -> None:
@@ -124,8 +165,24 @@ def main() -> None:
         metavar="LABEL=KEY=VALUE,...",
         help="a critic to train instead of the default four: a label and its comma-separated overrides",
     )
+    parser.add_argument(
+        "--analyze",
+        default="",
+        metavar="BUNDLE",
+        help="train nothing: measure this saved critic bundle on the run's altered answers (first seed) and print "
+        "where its failures are (the by_case breakdown) as JSON",
+    )
     args = parser.parse_args()
     run = Path(args.run)
+    if args.analyze:
+        seed = int(args.seeds.split(",")[0])
+        result = measure(
+            Path(args.analyze),
+            alter(held_records(run), seed),
+            ReferenceSet.load(run / "data" / "references.json"),
+        )
+        print(json.dumps({"bundle": args.analyze, "seed": seed, "by_case": result["by_case"]}, indent=1))
+        return
     variants = {
         "human + SFT answers only, features": ["critic.corruptions_per_prompt=0"],
         "human + SFT answers only, no features": [
@@ -211,7 +268,7 @@ def train_and_measure(run: Path, label: str, overrides: list[str], seed: int, wo
     name = "".join(c if c.isalnum() else "_" for c in label)
     bundle = work / f"{name}_seed{seed}"
     save_critic_bundle(bundle, model, meta, summary, references)
-    held = [r for r in rows if r["split"] != "train"] + load_split(run / "data", "test").to_pylist()
+    held = held_records(run, rows)
     return {
         "train_seconds": seconds,
         "heldout_spearman": summary["heldout_spearman"],
@@ -220,6 +277,14 @@ def train_and_measure(run: Path, label: str, overrides: list[str], seed: int, wo
         "heldout_corrupted_farther_rate": summary.get("heldout_corrupted_farther_rate"),
         "hand_altered": measure(bundle, alter(held, seed), references),
     }
+
+
+def held_records(run: Path, rows: list[dict] | None = None) -> list[dict]:
+    """The run's val records (among the critic's records) and test records: the answers that are altered."""
+    if rows is None:
+        config = load_config(None, [f"data.output_dir={run / 'data'}", f"critic.output_dir={run / 'critic'}"])
+        rows = critic_records(config).to_pylist()
+    return [r for r in rows if r["split"] != "train"] + load_split(run / "data", "test").to_pylist()
 
 
 def spearman_by_author(bundle: Path, examples: list) -> dict:

@@ -109,6 +109,9 @@ def test_critic_ood_runs(tmp_path: Path) -> None:
     assert {"repeated", "cut", "other_bucket", "relabeled"} <= set(altered)
     assert all(0.0 <= altered[k]["critic_farther_rate"]["mean"] <= 1.0 for k in ("repeated", "cut"))
     assert "| tiny |" in (tmp_path / "ood.md").read_text()
+    by_case = json.loads((tmp_path / "ood.json").read_text())["results"]["tiny"]["seeds"]["0"]["hand_altered"]
+    cut_cases = by_case["by_case"]["cut"]
+    assert sum(c["n"] for c in cut_cases.values()) == altered["cut"]["n"]
 
 
 @pytest.mark.ray
