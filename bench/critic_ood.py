@@ -112,10 +112,8 @@ def measure(bundle: Path, altered: list, references: ReferenceSet) -> dict:
 def alteration_case(record: dict, kind: str, text: str, bucket: str) -> str:
     """Which case of its kind an alteration is: for a relabel, which bucket parts changed (track, family, length
     bin); for a cut, the original's length bin and whether one word or character is left."""
-    if kind in ("relabeled", "other_bucket"):
+    if kind == "relabeled":
         old, new = record["bucket_id"].split("|"), bucket.split("|")
-        if kind == "other_bucket":
-            return "answer from another bucket"
         changed = [
             name for name, a, b in zip(("track", "family", "bin"), old[1:], new[1:], strict=False) if a != b
         ]

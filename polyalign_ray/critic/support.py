@@ -136,14 +136,22 @@ def ending_word(text: str) -> str | None:
     return runs[-1].group()
 
 
+def _piece_id(piece: str) -> int:
+    """Hashed 1-3 letter piece of a word, keyed by its length (so "s" as a piece is not "s" inside "is")."""
+    return _hash(f"{len(piece)}{piece}", WORD_HASH_BUCKETS)
+
+
 def word_piece_ids(word: str) -> tuple[list[int], list[int]]:
-    """(final, inner) hashed pieces of a word: its last 1, 2, 3 letters (keyed by length), and every 1-3 letter
-    piece followed by at least one more letter."""
-    final = [_hash(f"{n}{word[-n:]}", WORD_HASH_BUCKETS) for n in (1, 2, 3) if len(word) >= n]
-    inner = [
-        _hash(f"{n}{word[i : i + n]}", WORD_HASH_BUCKETS) for n in (1, 2, 3) for i in range(len(word) - n)
-    ]
+    """(final, inner) hashed pieces of a word: its last 1, 2, 3 letters, and every 1-3 letter piece followed by
+    at least one more letter."""
+    final = [_piece_id(word[-n:]) for n in (1, 2, 3) if len(word) >= n]
+    inner = [_piece_id(word[i : i + n]) for n in (1, 2, 3) for i in range(len(word) - n)]
     return final, inner
+
+
+def support_columns(matrix: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """The columns of a (rows, len(SUPPORT_FEATURE_NAMES)) statistics matrix named by ``names``, in that order."""
+    return matrix[:, [SUPPORT_FEATURE_NAMES.index(n) for n in names]]
 
 
 def latin_words(text: str) -> list[str]:
@@ -226,7 +234,7 @@ class SupportTables:
             return 0.0, 0.0
         rates = []
         for n in (2, 3):
-            piece = _hash(f"{min(n, len(word))}{word[-n:]}", WORD_HASH_BUCKETS)
+            piece = _piece_id(word[-n:])  # a shorter word is its own piece
             final, inner = self.word_final_counts[piece], self.word_inner_counts[piece]
             rates.append(math.log((final + 0.5) / (final + inner + 1.0)))
         return rates[0], rates[1]

@@ -32,6 +32,7 @@ from polyalign_ray.critic.support import (
     SUPPORT_FILE,
     SupportTables,
     cross_fitted_support_features,
+    support_columns,
 )
 from polyalign_ray.features import FEATURE_NAMES, features_matrix
 from polyalign_ray.references import ReferenceSet
@@ -178,8 +179,9 @@ def critic_inputs(
                 raise ValueError("this critic needs its support tables (support.npz in the bundle)")
             support_features = support.features(list(texts), list(buckets))
         # the critic was trained on the columns its bundle names, in order (statistics left out, or added later)
-        names = meta.get("support_feature_names", list(SUPPORT_FEATURE_NAMES))
-        support_features = support_features[:, [SUPPORT_FEATURE_NAMES.index(n) for n in names]]
+        support_features = support_columns(
+            support_features, meta.get("support_feature_names", SUPPORT_FEATURE_NAMES)
+        )
         parts.append(
             standardize_features(
                 support_features, np.asarray(meta["support_mean"]), np.asarray(meta["support_std"])
@@ -307,7 +309,7 @@ def critic_metadata(
     support = {}
     if train_support is not None:
         names = [n for n in SUPPORT_FEATURE_NAMES if n not in config.support_exclude]
-        kept = train_support[:, [SUPPORT_FEATURE_NAMES.index(n) for n in names]]
+        kept = support_columns(train_support, names)
         support = {
             "support_feature_names": names,
             "support_mean": kept.mean(axis=0).tolist(),

@@ -156,11 +156,11 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     checkpoint is removed afterwards)."""
     entered = time.time()
     configure_worker_logging()
+    output_dir = Path(loop_config["output_dir"])
     context = RayWorkerContext(
-        Path(loop_config["output_dir"]),
-        {"fit_started": loop_config["fit_started"], "worker_entered": entered},
+        output_dir, {"fit_started": loop_config["fit_started"], "worker_entered": entered}
     )
-    record_worker(Path(loop_config["output_dir"]), context)
+    record_worker(output_dir, context)
     try:
         loop_config["body"](context, loop_config["payload"])
     finally:
@@ -176,7 +176,7 @@ def deepspeed_trainer(
     name: str,
     output_dir: Path,
     datasets: dict[str, ray.data.Dataset],
-    fit_started: float = 0.0,
+    fit_started: float,
 ) -> TorchTrainer:
     """The TorchTrainer every training stage uses: ``train.num_workers`` DeepSpeed workers running ``body``,
     checkpoints and restarts under ``output_dir/ray_results/name``, every dataset given whole to every worker.
@@ -187,7 +187,7 @@ def deepspeed_trainer(
             "body": body,
             "payload": payload,
             "output_dir": str(output_dir),
-            "fit_started": fit_started or time.time(),
+            "fit_started": fit_started,
         },
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
