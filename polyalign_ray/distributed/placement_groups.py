@@ -107,7 +107,11 @@ def remove_orphaned_placement_groups() -> list[str]:
 def remove_orphaned_placement_groups_when_actors_end(timeout_s: float = 20.0) -> list[str]:
     """At the end of a sweep: every actor of this job that made a placement group (the trials' Train controllers)
     has ended or is ending, but the last stopped trial's controller may be reported dead a moment after Tune
-    returns. Remove orphans until no live actor-made group of this job is left, or warn after ``timeout_s``."""
+    returns. Remove orphans until no live actor-made group of this job is left, or warn after ``timeout_s``.
+
+    ``remove_placement_group`` is asynchronous: the GCS table may show a removed group live for a moment (CI saw
+    one right after this function returned), so a group counts as gone only once the table stops listing it live.
+    """
     job_id = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout_s
     removed: list[str] = []
@@ -115,12 +119,18 @@ def remove_orphaned_placement_groups_when_actors_end(timeout_s: float = 20.0) ->
         actor_groups = [
             r for r in placement_group_records() if r.live and r.made_by_actor and r.creator_job_id == job_id
         ]
-        orphans = [r for r in actor_groups if is_orphaned(r, job_id)]
-        removed += remove_groups(orphans)
-        if len(orphans) == len(actor_groups):
+        if not actor_groups:
             return removed
+        removed += remove_groups(
+            [r for r in actor_groups if is_orphaned(r, job_id) and r.placement_group_id not in removed]
+        )
         if time.monotonic() > deadline:
-            left = [r.placement_group_id for r in actor_groups if r not in orphans]
-            log.warning("placement groups of still-running actors left after the sweep: %s", left)
+            left = [r.placement_group_id for r in actor_groups if r.placement_group_id not in removed]
+            waiting = [r.placement_group_id for r in actor_groups if r.placement_group_id in removed]
+            log.warning(
+                "placement groups left after the sweep: of still-running actors %s; removed but still live %s",
+                left,
+                waiting,
+            )
             return removed
         time.sleep(0.2)
