@@ -156,3 +156,75 @@ def test_corrupted_targets_are_floored_at_their_original_plus_the_gap() -> None:
             assert after.target == max(before.target, human[before.group] + 0.5)
             raised += after.target > before.target
     assert raised > 0  # the floor does something on these inputs
+
+
+def reference_fit(model, inputs, train, targets, meta, config, rng) -> list[float]:
+    """The critic's training loop written plainly, one forward per loss term (how fit_critic was written before
+    it fed the batch and the ranking pairs through one forward)."""
+    import torch
+
+    from polyalign_ray.critic.train import human_model_pairs
+
+    target_t = torch.as_tensor(targets, dtype=torch.float32)
+    mu, sd = meta["target_mean"], meta["target_std"]
+    links = human_model_pairs(train)
+    pairs = np.asarray([p for p in links if train[p[1]].kind in ("model", "")]).reshape(-1, 2)
+    corruption_pairs = np.asarray([p for p in links if train[p[1]].kind not in ("model", "")]).reshape(-1, 2)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+    )
+    history = []
+    steps = -(-len(train) // config.batch_size)
+    for _ in range(config.epochs):
+        order, total = rng.permutation(len(train)), 0.0
+        for step in range(steps):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size].tolist()
+            prediction = model(**inputs.batch(index))
+            loss = torch.nn.functional.huber_loss(
+                (prediction - mu) / sd, (target_t[index] - mu) / sd, delta=config.huber_delta
+            )
+            for ranked, weight in (
+                (pairs, config.rank_weight),
+                (corruption_pairs, config.corruption_rank_weight),
+            ):
+                chosen = ranked[rng.integers(0, len(ranked), size=min(config.batch_size, len(ranked)))]
+                both = model(**inputs.batch(chosen.reshape(-1).tolist())).view(-1, 2)
+                loss = loss + weight * torch.relu(config.rank_margin + both[:, 0] - both[:, 1]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        history.append(total / steps)
+    return history
+
+
+def test_one_forward_per_step_trains_like_a_forward_per_loss_term() -> None:
+    """fit_critic feeds the batch and both kinds of ranking pairs through one forward (one dense gradient per
+    embedding table per step, the critic's training ~35% faster on the demo); the model has no dropout or batch
+    norm, so the losses and the weights are those of the plain loop up to float summation order."""
+    import dataclasses
+
+    import torch
+
+    from polyalign_ray.critic.train import build_critic_model, critic_inputs, critic_metadata, fit_critic
+    from polyalign_ray.features import features_matrix
+
+    config = dataclasses.replace(SMALL, epochs=3, support_features=False)
+    examples, _ = synthetic_examples(200, corrupted_per_record=1)
+    train = [e for e in examples if not e.heldout]
+    assert {"human", "model", "repeat", "truncate"} <= {e.kind for e in train}  # both ranking terms are on
+    values = targets(train)
+    meta = critic_metadata(
+        examples, features_matrix([e.text for e in train]), values, config, encoder=None, encoder_model=""
+    )
+    inputs = critic_inputs([e.text for e in train], [e.bucket for e in train], meta, use_features=True)
+    runs = []
+    for fit in (fit_critic, reference_fit):
+        torch.manual_seed(0)
+        model = build_critic_model(meta)
+        history = fit(model, inputs, train, values, meta, config, np.random.default_rng(0))
+        runs.append((history, [p.detach().clone() for p in model.parameters()]))
+    (history, weights), (expected_history, expected_weights) = runs
+    assert history == pytest.approx(expected_history, rel=1e-5)
+    for got, want in zip(weights, expected_weights, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
