@@ -14,6 +14,17 @@ from polyalign_ray.generation import generate_responses
 from polyalign_ray.models import load_causal_lm, load_tokenizer
 
 
+def table_in_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
+    """``table`` as a Ray Dataset of blocks of ``rows_per_block`` rows, in order.
+
+    Why: ``ray.data.from_arrow(table)`` makes one block, and a map over an actor pool hands a block to one actor, so
+    every batch ran on one of the pool's actors while the others idled (seen: 13 batches in a row on one of two
+    actors). Blocks of one batch each let the whole pool share the work; the batches hold the same rows as one
+    block cut in order would, so seeded generation gives the same answers."""
+    size = max(1, rows_per_block)
+    return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
+
+
 class PolicyGenerator:
     """Ray Data callable class: loads the policy once per actor, then samples one answer per row."""
 
@@ -64,7 +75,7 @@ def sample_answers_with_ray(
             for k in range(samples_per_record)
         ]
     )
-    ds = ray.data.from_arrow(repeated)
+    ds = table_in_blocks(repeated, generation.batch_size)
     generated = ds.map_batches(
         PolicyGenerator,
         fn_constructor_kwargs={

@@ -62,6 +62,7 @@ from polyalign_ray.corpus.splits import (
     thresholds_from_keys,
 )
 from polyalign_ray.corpus.tables import QUARANTINE_SCHEMA, RECORD_SCHEMA, load_split, split_dir
+from polyalign_ray.distributed.batch_generation import table_in_blocks
 from polyalign_ray.features import features_table, features_table_schema
 from polyalign_ray.models import load_tokenizer
 from polyalign_ray.schema import RECORD_COLUMNS, SPLITS
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 # Raw rows are re-blocked to this many rows so that normalization spreads over all CPUs even for one big file.
 ROWS_PER_BLOCK = 4096
 # Fewer, larger Parquet parts: one file per block made every later read start a task per small file.
+# Offline pairs per reference-log-prob batch, and per block, so that every PairPreparer actor gets work.
+PAIR_BATCH_ROWS = 64
 PARQUET_ROWS_PER_FILE = 100_000
 # Rows per shard-writing task (a part file holds at most this many rows of one bucket).
 SHARD_ROWS_PER_PART = 8192
@@ -619,15 +622,19 @@ def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any)
     from polyalign_ray.config import config_to_dict
     from polyalign_ray.hdpo_data import PairPreparer
 
-    return ray.data.from_arrow(pa.Table.from_pylist(rows)).map_batches(
+    prepared = table_in_blocks(pa.Table.from_pylist(rows), PAIR_BATCH_ROWS).map_batches(
         PairPreparer,
         fn_constructor_kwargs={
             "model_path": policy,
             "model": config_to_dict(config.model),
             "precompute": config.hdpo.reference == "precompute",
         },
-        batch_size=64,
+        batch_size=PAIR_BATCH_ROWS,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=config.generation.num_workers),
         num_cpus=1,
     )
+    # the pairs keep the rows' order whichever actor prepared them: the in-memory store groups them by bucket in
+    # this order and the bucket sampler draws by position, so a rerun (a resume) trains on the same pairs
+    prepared.context.execution_options.preserve_order = True
+    return prepared

@@ -127,6 +127,46 @@ def test_ray_prepare_equals_in_process_prepare(ray_session, tmp_path: Path) -> N
             assert (out / name).read_text() == (tmp_path / "local" / name).read_text(), (plan, name)
 
 
+class RecordActor:
+    """A map over an actor pool that stamps each row with the process that handled it."""
+
+    def __call__(self, batch):
+        import os
+        import time
+
+        import pyarrow as pa
+
+        time.sleep(0.05)  # long enough that one actor cannot take every block before the other starts
+        return batch.append_column("pid", pa.array([os.getpid()] * batch.num_rows))
+
+
+def test_a_table_cut_in_blocks_is_shared_by_the_actor_pool_and_keeps_its_order(ray_session) -> None:
+    """``table_in_blocks``: ``from_arrow(table)`` is one block, which an actor-pool map hands to one actor (the
+    generation and reference-log-prob actors beyond the first idled); cut into blocks of one batch, both actors of
+    a 2-actor pool get batches, every row comes back once, and with ``preserve_order`` in the rows' order."""
+    import pyarrow as pa
+    import ray.data
+
+    from polyalign_ray.distributed.batch_generation import table_in_blocks
+
+    table = pa.table({"x": list(range(50))})
+    one_block = ray.data.from_arrow(table)
+    assert one_block.num_blocks() == 1
+    dataset = table_in_blocks(table, 4)
+    assert dataset.num_blocks() == 13 and table_in_blocks(table.slice(0, 0), 4).count() == 0
+    mapped = dataset.map_batches(
+        RecordActor,
+        batch_size=4,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=1,
+    )
+    mapped.context.execution_options.preserve_order = True
+    rows = list(mapped.iter_rows())
+    assert [r["x"] for r in rows] == list(range(50))
+    assert len({r["pid"] for r in rows}) == 2
+
+
 def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -38,7 +38,7 @@ def scored(tmp_path_factory) -> dict:
     shuffled_answers = [r["response"] for r in test]
     random.Random(0).shuffle(shuffled_answers)
     shuffled = score_predictions(test, shuffled_answers, human, settings)
-    return {"ideal": ideal, "shuffled": shuffled, "human": human, "test": test}
+    return {"ideal": ideal, "shuffled": shuffled, "human": human, "test": test, "data_dir": data.output_dir}
 
 
 def test_both_languages_and_tracks_are_covered(scored) -> None:
@@ -116,3 +116,32 @@ def test_comparison_report_and_plots(scored, tmp_path: Path) -> None:
     # the best BNG of the overall table is the human one, in bold, with its interval
     overall_row = next(line for line in text.splitlines() if line.startswith("| human |"))
     assert f"**{scored['ideal']['overall']['bng']:.3f}** ± " in overall_row
+
+
+def test_the_human_side_is_computed_once_per_process_and_again_when_the_data_changes(scored) -> None:
+    """The pipeline evaluates several models on one data folder: the train split's human side is computed once,
+    shared read-only, and computed again once a file it was read from is rewritten."""
+    import os
+
+    import numpy as np
+
+    from polyalign_ray.config import load_config
+    from polyalign_ray.stages import evaluate
+
+    config = load_config(None, [f"data.output_dir={scored['data_dir']}", "eval.human_per_bucket=300"])
+    evaluate._human_references_of.cache_clear()
+    first = evaluate.train_human_references(config)
+    assert evaluate.train_human_references(config) is first
+    assert sorted(first) == sorted(scored["human"])
+    for bucket, human in scored["human"].items():
+        assert np.array_equal(first[bucket].features, human.features)
+        assert np.array_equal(first[bucket].embeddings, human.embeddings)
+    bucket = next(iter(first))
+    with pytest.raises(ValueError, match="read-only"):
+        first[bucket].features[0, 0] = 1.0
+    train_file = next(p for p in (Path(scored["data_dir"]) / "train").rglob("*") if p.is_file())
+    stat = train_file.stat()
+    os.utime(train_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    again = evaluate.train_human_references(config)
+    assert again is not first
+    assert np.array_equal(again[bucket].features, first[bucket].features)
