@@ -208,6 +208,14 @@ def ray_runtime(config: RayConfig, log_dir: str | Path | None = None) -> Iterato
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = config.console == "quiet"
+    if quiet:
+        import torch
+
+        # transformers imports DeepSpeed whenever it saves or loads a model, and DeepSpeed then guesses the
+        # accelerator and says so on the console ("Setting accelerator to CPU ... unable to detect it"); without
+        # CUDA the answer is known. (Local workers inherit it; Train workers pick their own accelerator anyway.)
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env_vars = dict(QUIET_ENV) if quiet else {}
     for key, value in env_vars.items():
         os.environ.setdefault(key, value)

@@ -31,7 +31,20 @@ def main(data_dir: Path, out: Path, online_critic: Path | None = None) -> None:
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 128 * 2**20},
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "object_store_memory": 128 * 2**20,
+            # A removed node is declared dead after health_check_failure_threshold missed checks, one every
+            # health_check_period_ms: Ray's 5 x 3 s made the two node losses wait ~30 s in all. 4 x 1 s still
+            # lets a live raylet on this loaded 2-core machine miss answers for 4 s (2 s each) before it counts
+            # as dead; the test took 147 s in the suite before, 99 s alone with 3 x 0.5 s.
+            "_system_config": {
+                "health_check_period_ms": 1000,
+                "health_check_timeout_ms": 2000,
+                "health_check_failure_threshold": 4,
+            },
+        },
     )
     workers = [cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
