@@ -219,3 +219,26 @@ def test_frontier_and_aggregate_by_hand() -> None:
     assert naturalness(0.0, 1.0) == 1.0 and naturalness(1.0, 0.0) == pytest.approx(0.25)
     assert aggregate_score(0.5, 1.0, 0.5, 0.5) == pytest.approx(0.5)
     assert aggregate_score(0.0, 0.0, 1.0, 1.0) == pytest.approx((1e-6) ** 0.25)
+
+
+@pytest.mark.parametrize("rows", [5, 40, 700])  # fewer points than dimensions, and more
+def test_principal_components_equal_those_of_the_scatter_matrix(rows: int) -> None:
+    """MAUVE's PCA step from an SVD of the centered points equals the textbook one (eigenvectors of the scatter
+    matrix, largest first) up to the sign of each axis: the same number of axes kept, the same coordinates."""
+    from polyalign_ray.evaluation.mauve import principal_components
+
+    rng = np.random.default_rng(rows)
+    points = rng.normal(size=(rows, 64)) * np.linspace(
+        3.0, 0.1, 64
+    )  # decaying variance: a real choice of axes
+    got = principal_components(points, 0.9)
+    centered = points - points.mean(axis=0)
+    values, vectors = np.linalg.eigh(centered.T @ centered)
+    order = np.argsort(values)[::-1]
+    values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+    keep = int(np.argmax(np.cumsum(values) / values.sum() >= 0.9 - 1e-12)) + 1
+    expected = centered @ vectors[:, :keep]
+    assert got.shape == expected.shape and 1 < keep < 64
+    signs = np.sign((got * expected).sum(axis=0))
+    np.testing.assert_allclose(got * signs, expected, atol=1e-8)
+    assert principal_components(np.ones((4, 3)), 0.9).shape == (4, 1)  # no variance: one (zero) axis
