@@ -420,8 +420,9 @@ class GenerationConfig:
     """Prompts per generate call in each generation actor."""
     seed: int = 0
     """Seed of sampling (per batch of records, so a rerun on the same records gives the same answers)."""
-    num_workers: int = 1
-    """Ray Data generation actors (each holds one copy of the policy)."""
+    num_workers: int = 2
+    """Ray Data generation actors, each with one copy of the policy: up to this many, as many as there is room for
+    (at least one; a sweep trial reserves one)."""
     use_gpu: bool = False
     """One GPU per generation actor."""
 

@@ -25,6 +25,13 @@ def table_in_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
 
 
+def model_actor_pool(num_workers: int) -> ray.data.ActorPoolStrategy:
+    """Up to ``num_workers`` model actors (``generation.num_workers``), all started at once where the cluster has
+    room, and at least one: work starts as soon as one is ready. A fixed pool of N would wait for N free CPUs (or
+    GPUs); two seed trials sharing a small machine could each hold one actor and wait for the other's CPU."""
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=num_workers, initial_size=num_workers)
+
+
 class PolicyGenerator:
     """Ray Data callable class: loads the policy once per actor, then samples one answer per row."""
 
@@ -86,7 +93,7 @@ def sample_answers_with_ray(
         },
         batch_size=generation.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=generation.num_workers),
+        compute=model_actor_pool(generation.num_workers),
         num_cpus=0 if generation.use_gpu else 1,
         num_gpus=1 if generation.use_gpu else 0,
     )

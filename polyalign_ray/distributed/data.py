@@ -62,7 +62,7 @@ from polyalign_ray.corpus.splits import (
     thresholds_from_keys,
 )
 from polyalign_ray.corpus.tables import QUARANTINE_SCHEMA, RECORD_SCHEMA, load_split, split_dir
-from polyalign_ray.distributed.batch_generation import table_in_blocks
+from polyalign_ray.distributed.batch_generation import model_actor_pool, table_in_blocks
 from polyalign_ray.features import features_table, features_table_schema
 from polyalign_ray.models import load_tokenizer
 from polyalign_ray.schema import RECORD_COLUMNS, SPLITS
@@ -617,7 +617,7 @@ def write_bucket_shards_with_ray(
 
 def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any) -> ray.data.Dataset:
     """Offline pair rows -> tokenized pairs with the frozen reference's log-probs (``hdpo_data.PairPreparer``,
-    one model copy per Ray Data actor, ``generation.num_workers`` of them), not yet executed: the caller writes
+    one model copy per Ray Data actor, up to ``generation.num_workers`` of them), not yet executed: the caller writes
     them as shards or materializes them."""
     from polyalign_ray.config import config_to_dict
     from polyalign_ray.hdpo_data import PairPreparer
@@ -631,7 +631,7 @@ def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any)
         },
         batch_size=PAIR_BATCH_ROWS,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=config.generation.num_workers),
+        compute=model_actor_pool(config.generation.num_workers),
         num_cpus=1,
     )
     # the pairs keep the rows' order whichever actor prepared them: the in-memory store groups them by bucket in

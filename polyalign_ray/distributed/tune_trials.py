@@ -134,11 +134,12 @@ def trial_resources(config: PolyAlignConfig, plan: SweepPlan) -> dict[str, float
             else:
                 cpu = max(cpu, section.num_workers * section.cpus_per_worker)
         if name == "critic" or name.startswith("eval_"):
-            generation = config.generation
-            if generation.use_gpu:
-                gpu = max(gpu, float(generation.num_workers))
+            # the generation pool starts with one actor and grows to generation.num_workers where there is room
+            # (batch_generation.model_actor_pool): a trial needs one actor's CPU or GPU
+            if config.generation.use_gpu:
+                gpu = max(gpu, 1.0)
             else:
-                cpu = max(cpu, float(generation.num_workers))
+                cpu = max(cpu, 1.0)
     return {"CPU": cpu, "GPU": gpu}
 
 

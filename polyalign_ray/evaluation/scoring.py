@@ -449,7 +449,11 @@ def score_predictions(
 ) -> dict[str, Any]:
     """Every metric, overall / per language / per track / per bucket, of ``predictions[i]`` answering
     ``records[i]`` (whose ``response`` is the human answer used for utility)."""
-    run = prepare_run(records, predictions, human, settings)
+    return score_prepared_run(records, prepare_run(records, predictions, human, settings))
+
+
+def score_prepared_run(records: Sequence[Mapping[str, Any]], run: PreparedRun) -> dict[str, Any]:
+    """:func:`score_predictions` of a run already prepared (:func:`prepare_run`) for these ``records``."""
     values = run_values(run, unit_counts(run))
     report: dict[str, Any] = {
         kind: {key: {m: _as_float(v) for m, v in metrics.items()} for key, metrics in keys.items()}

@@ -5,6 +5,7 @@ pure code in ``evaluation/``; generation runs on Ray Data actors (``distributed/
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -78,6 +79,27 @@ def _human_references_of(
     return references
 
 
+PREPARED_RUNS_KEPT = 8
+"""Prepared runs kept per process (the pipeline's five evaluations, then its comparison of the same answers)."""
+_prepared_runs: collections.OrderedDict[tuple[Any, ...], tuple[Any, Any]] = collections.OrderedDict()
+
+
+def prepared_run(records: list[dict[str, Any]], predictions: list[str], human: Any, settings: Any) -> Any:
+    """``scoring.prepare_run``, remembered for the last few runs of this process: the comparison prepares the
+    answers each evaluation has just prepared (about 1 s per model on the demo). The key holds the items, the
+    answers, the human side (by identity: it is kept alive with the entry, so its id cannot be reused) and the
+    settings."""
+    from polyalign_ray.evaluation.scoring import prepare_run
+
+    key = (tuple(r["id"] for r in records), tuple(predictions), id(human), settings)
+    if key not in _prepared_runs:
+        _prepared_runs[key] = (human, prepare_run(records, predictions, human, settings))
+        while len(_prepared_runs) > PREPARED_RUNS_KEPT:
+            _prepared_runs.popitem(last=False)
+    _prepared_runs.move_to_end(key)
+    return _prepared_runs[key][1]
+
+
 def scoring_settings(config: PolyAlignConfig) -> Any:
     """The ``eval`` section's knobs of the distribution metrics."""
     from polyalign_ray.evaluation.scoring import ScoringSettings
@@ -103,7 +125,7 @@ def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, 
     ``report["other_profile"]`` holds the other one's metrics (its answers in ``predictions_other_profile.jsonl``)."""
 
     from polyalign_ray.distributed.batch_generation import sample_answers_with_ray
-    from polyalign_ray.evaluation.scoring import score_predictions
+    from polyalign_ray.evaluation.scoring import score_predictions, score_prepared_run
     from polyalign_ray.schema import count_length_tokens
 
     cfg = config.eval
@@ -128,7 +150,7 @@ def run_eval_stage(config: PolyAlignConfig, model: str, name: str) -> dict[str, 
     predictions = answers(cfg.profile_length)
     settings = scoring_settings(config)
     human = train_human_references(config)
-    report = score_predictions(records, predictions, human, settings)
+    report = score_prepared_run(records, prepared_run(records, predictions, human, settings))
     if config.model.profile_conditioning:
         other = answers(not cfg.profile_length)
         other_report = score_predictions(records, other, human, settings)
@@ -224,7 +246,6 @@ def run_compare(
     method's (``comparison.CLAIMS``)."""
     from polyalign_ray.evaluation.comparison import compare_runs
     from polyalign_ray.evaluation.report import plot_comparison, render_comparison
-    from polyalign_ray.evaluation.scoring import prepare_run
     from polyalign_ray.schema import count_length_tokens
 
     folders = (
@@ -258,7 +279,9 @@ def run_compare(
         prepared[name] = []
         for folder in paths:
             answers = read_predictions(folder)
-            prepared[name].append(prepare_run(records, [answers[key] for key in item_order], human, settings))
+            prepared[name].append(
+                prepared_run(records, [answers[key] for key in item_order], human, settings)
+            )
     comparison = compare_runs(
         prepared,
         samples=config.eval.bootstrap_samples,

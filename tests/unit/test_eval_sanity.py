@@ -145,3 +145,24 @@ def test_the_human_side_is_computed_once_per_process_and_again_when_the_data_cha
     again = evaluate.train_human_references(config)
     assert again is not first
     assert np.array_equal(again[bucket].features, first[bucket].features)
+
+
+def test_a_prepared_run_is_reused_for_the_same_answers_only(scored) -> None:
+    """The comparison after the pipeline's evaluations prepares the same answers again: the process keeps the
+    last few prepared runs, keyed by items, answers, human side and settings; it scores like a fresh one."""
+    from polyalign_ray.evaluation.scoring import ScoringSettings, score_prepared_run
+    from polyalign_ray.stages import evaluate
+
+    evaluate._prepared_runs.clear()
+    test, human, settings = scored["test"], scored["human"], ScoringSettings(min_bucket_items=8)
+    answers = [r["response"] for r in test]
+    first = evaluate.prepared_run(test, answers, human, settings)
+    assert evaluate.prepared_run(test, list(answers), human, settings) is first
+    assert score_prepared_run(test, first) == scored["ideal"]
+    other = evaluate.prepared_run(test, answers[1:] + answers[:1], human, settings)
+    assert other is not first
+    assert evaluate.prepared_run(test, answers, human, ScoringSettings(min_bucket_items=9)) is not first
+    for shift in range(2, 2 + evaluate.PREPARED_RUNS_KEPT):
+        evaluate.prepared_run(test[:20], answers[shift : shift + 20], human, settings)
+    assert len(evaluate._prepared_runs) == evaluate.PREPARED_RUNS_KEPT
+    assert evaluate.prepared_run(test, answers, human, settings) is not first  # the oldest was let go

@@ -132,6 +132,9 @@ def test_trial_resources_and_concurrency() -> None:
     assert needed == {"CPU": 1.0, "GPU": 0.0}  # 2 workers x 0.5 CPU, or 1 generation actor x 1 CPU
     assert concurrent_trials(needed, {"CPU": 2.0}) == 2
     assert concurrent_trials(needed, {"CPU": 0.5}) == 1
+    # the generation pool grows from one actor to generation.num_workers where there is room: a trial reserves one
+    more = load_config(None, ["sweep.space={sampler.alpha: [0.0, 1.0]}", "generation.num_workers=4"])
+    assert trial_resources(more, sweep_plan(more)) == {"CPU": 1.0, "GPU": 0.0}
     gpu = load_config(None, ["sweep.space={hdpo.beta: [0.1]}", "hdpo.use_gpu=true", "hdpo.num_workers=2"])
     needed = trial_resources(gpu, sweep_plan(gpu))
     assert needed["GPU"] == 2.0
