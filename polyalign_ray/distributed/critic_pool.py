@@ -10,6 +10,7 @@ blocks on the oldest one beyond it (backpressure), so a fast producer cannot flo
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class CriticPool:
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=-1
         )(CriticScorer)
         self.actors = [remote_scorer.remote(str(Path(bundle_dir).resolve())) for _ in range(num_actors)]
+        self.held = {"CPU": num_cpus * num_actors, "GPU": num_gpus * num_actors}
+        """What the actors reserve, given back when the pool shuts down."""
         self.max_in_flight = max_in_flight
         self._in_flight: collections.deque[tuple[int, ray.ObjectRef]] = collections.deque()
         self._done: collections.deque[tuple[int, Any]] = collections.deque()
@@ -119,9 +122,23 @@ class CriticPool:
         out.extend(scores for _, scores in self.results())
         return np.concatenate(out) if out else np.zeros(0)
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, wait_s: float = 2.0) -> None:
+        """Kill the actors and wait (up to ``wait_s``) until the cluster shows their CPUs and GPUs free again, so
+        the caller's next Ray job finds them (the HDPO stage's Ray Data pass right after scoring warned "the Ray
+        cluster currently does not have any available CPUs" on the console: a killed actor's CPU comes back some
+        100 ms later). Another job taking them meanwhile only makes this wait ``wait_s``."""
+        held = {k: v for k, v in self.held.items() if v > 0} if self.actors else {}
+        before = ray.available_resources()
+        total = ray.cluster_resources()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        wanted = {k: min(total.get(k, 0.0), before.get(k, 0.0) + v) - 1e-6 for k, v in held.items()}
+        deadline = time.monotonic() + wait_s
+        while wanted and time.monotonic() < deadline:
+            available = ray.available_resources()
+            if all(available.get(k, 0.0) >= v for k, v in wanted.items()):
+                break
+            time.sleep(0.02)
         self.actors = []
         self._in_flight.clear()
         self._done.clear()

@@ -55,8 +55,12 @@ def test_backpressure_bounds_work_in_flight(ray_session, bundle: Path) -> None:
     from polyalign_ray.distributed.critic_pool import CriticPool
 
     texts, buckets = items(200)
-    with CriticPool(bundle, num_actors=2, max_in_flight=3) as pool:
+    free = ray_session.available_resources().get("CPU", 0.0)
+    with CriticPool(bundle, num_actors=2, max_in_flight=3, num_cpus=0.5) as pool:
         for i in range(0, 200, 10):
             pool.submit(texts[i : i + 10], buckets[i : i + 10])
             assert len(pool._in_flight) <= 3
         assert [t for t, _ in pool.results()] == list(range(20))
+        assert ray_session.available_resources().get("CPU", 0.0) < free
+    # the pool's CPUs are free once it is closed (a Ray Data job started right after found none and warned)
+    assert ray_session.available_resources().get("CPU", 0.0) >= free
