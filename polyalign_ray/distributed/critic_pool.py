@@ -10,7 +10,6 @@ blocks on the oldest one beyond it (backpressure), so a fast producer cannot flo
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import ray
 
 from polyalign_ray.critic.scorer import CriticScorer
+from polyalign_ray.distributed.runtime import free_resources, wait_until_free
 
 
 class CriticPool:
@@ -124,21 +124,12 @@ class CriticPool:
 
     def shutdown(self, *, wait_s: float = 2.0) -> None:
         """Kill the actors and wait (up to ``wait_s``) until the cluster shows their CPUs and GPUs free again, so
-        the caller's next Ray job finds them (the HDPO stage's Ray Data pass right after scoring warned "the Ray
-        cluster currently does not have any available CPUs" on the console: a killed actor's CPU comes back some
-        100 ms later). Another job taking them meanwhile only makes this wait ``wait_s``."""
-        held = {k: v for k, v in self.held.items() if v > 0} if self.actors else {}
-        before = ray.available_resources()
-        total = ray.cluster_resources()
+        the caller's next Ray job finds them (``runtime.wait_until_free``)."""
+        before = free_resources()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        wanted = {k: min(total.get(k, 0.0), before.get(k, 0.0) + v) - 1e-6 for k, v in held.items()}
-        deadline = time.monotonic() + wait_s
-        while wanted and time.monotonic() < deadline:
-            available = ray.available_resources()
-            if all(available.get(k, 0.0) >= v for k, v in wanted.items()):
-                break
-            time.sleep(0.02)
+        if self.actors:
+            wait_until_free({k: before[k] + v for k, v in self.held.items() if v > 0}, timeout_s=wait_s)
         self.actors = []
         self._in_flight.clear()
         self._done.clear()

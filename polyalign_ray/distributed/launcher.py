@@ -37,7 +37,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 
 from polyalign_ray.config import PolyAlignConfig, TrainingSection
-from polyalign_ray.distributed.runtime import configure_worker_logging
+from polyalign_ray.distributed.runtime import configure_worker_logging, free_resources, wait_until_free
 from polyalign_ray.loops.checkpoints import STATE_FILE
 from polyalign_ray.loops.strategy import OptimizerFactory, SchedulerFactory, Strategy
 from polyalign_ray.tracking import StageRun, run_root
@@ -226,10 +226,14 @@ def launch_training(
         body, payload, train, name=name, output_dir=output_dir, datasets=datasets, fit_started=time.time()
     )
     tracker = StageRun(config.tracking, run_root(config), output_dir, stage=stage).start(config)
+    free_before = free_resources()
     try:
         with TrainingProgress(output_dir / "metrics.jsonl", output_dir.name, on_line=tracker.log_line):
             result = trainer.fit()
         fit_returned = time.time()
+        wait_until_free(
+            free_before
+        )  # the worker group's CPUs back before the next stage starts a Ray Data pass
     except BaseException:
         tracker.end("FAILED")
         raise

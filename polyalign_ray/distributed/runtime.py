@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -247,6 +248,30 @@ def ray_runtime(config: RayConfig, log_dir: str | Path | None = None) -> Iterato
                 stack.callback(unroute_worker_output)
             log.info("Ray's messages: %s (Ray's session logs: %s)", log_file, session_log_dir())
         yield
+
+
+def free_resources() -> dict[str, float]:
+    """The cluster's available CPUs and GPUs now."""
+    available = ray.available_resources()
+    return {key: float(available.get(key, 0.0)) for key in ("CPU", "GPU")}
+
+
+def wait_until_free(wanted: dict[str, float], *, timeout_s: float = 2.0) -> bool:
+    """Wait (up to ``timeout_s``) until the cluster shows at least ``wanted`` CPUs/GPUs available; returns whether
+    it did. Why: what a finished Ray Train worker group or a killed actor held comes back to the cluster some
+    0.1-1 s after the call that released it returned, and a Ray Data pass started in that gap prints "The Ray
+    cluster currently does not have any available CPUs. The Dataset job will hang ..." on the console (seen
+    between the demo's DPO and HDPO stages). Another job taking them meanwhile only makes this wait ``timeout_s``."""
+    total = ray.cluster_resources()
+    wanted = {k: min(v, float(total.get(k, 0.0))) - 1e-6 for k, v in wanted.items() if v > 0}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        available = free_resources()
+        if all(available.get(k, 0.0) >= v for k, v in wanted.items()):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def session_log_dir() -> str:
