@@ -10,6 +10,7 @@ import ray.data
 import torch
 
 from polyalign_ray.config import GenerationConfig, ModelConfig, config_from_dict
+from polyalign_ray.distributed.runtime import free_resources
 from polyalign_ray.generation import generate_responses
 from polyalign_ray.models import load_causal_lm, load_tokenizer
 
@@ -25,11 +26,16 @@ def table_in_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
 
 
-def model_actor_pool(num_workers: int) -> ray.data.ActorPoolStrategy:
-    """Up to ``num_workers`` model actors (``generation.num_workers``), all started at once where the cluster has
-    room, and at least one: work starts as soon as one is ready. A fixed pool of N would wait for N free CPUs (or
-    GPUs); two seed trials sharing a small machine could each hold one actor and wait for the other's CPU."""
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=num_workers, initial_size=num_workers)
+def model_actor_pool(num_workers: int, *, use_gpu: bool = False) -> ray.data.ActorPoolStrategy:
+    """Up to ``num_workers`` model actors (``generation.num_workers``, one CPU or GPU each), at least one: work
+    starts as soon as one is ready. A fixed pool of N would wait for N free CPUs (or GPUs), and two seed trials
+    sharing a small machine could each hold one actor and wait for the other's CPU. The pool starts with as many
+    actors as are free now and Ray Data adds the others when work queues up and room appears (an actor added late
+    did 2 of 26 batches here, so starting them at once is what makes a lone pass faster; starting them while
+    another trial works only makes both slower)."""
+    free = free_resources()["GPU" if use_gpu else "CPU"]
+    initial = max(1, min(num_workers, int(free + 1e-6)))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=num_workers, initial_size=initial)
 
 
 class PolicyGenerator:
@@ -93,7 +99,7 @@ def sample_answers_with_ray(
         },
         batch_size=generation.batch_size,
         batch_format="pyarrow",
-        compute=model_actor_pool(generation.num_workers),
+        compute=model_actor_pool(generation.num_workers, use_gpu=generation.use_gpu),
         num_cpus=0 if generation.use_gpu else 1,
         num_gpus=1 if generation.use_gpu else 0,
     )

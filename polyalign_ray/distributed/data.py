@@ -631,7 +631,7 @@ def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any)
         },
         batch_size=PAIR_BATCH_ROWS,
         batch_format="pyarrow",
-        compute=model_actor_pool(config.generation.num_workers),
+        compute=model_actor_pool(config.generation.num_workers),  # CPU actors (num_cpus=1 below)
         num_cpus=1,
     )
     # the pairs keep the rows' order whichever actor prepared them: the in-memory store groups them by bucket in
