@@ -43,9 +43,13 @@ QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_TRAIN_ENABLE_V2_MIGRATI
 WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Worker lines echoed to the console in quiet mode: our own warnings and errors (tracebacks: WorkerOutputToFile).
 WORKER_LINES_TO_SHOW = re.compile(r"\b(WARNING|ERROR|CRITICAL) polyalign")
-# Driver records never worth a console line (they still reach the log file).
+# Driver records never worth a console line (they still reach the log file). Ray Data's "does not have any
+# available CPUs" is checked once as a pass starts: between two of our passes (the HDPO stage's pair preparation
+# and shard writing) the first one's actors may still hold the CPUs for a moment, and the pass runs when they
+# return (wait_until_free covers the gaps after a fit and after the critic pool).
 CONSOLE_NOISE = re.compile(
     r"Failed to query Ray Train Controller actor state|Token authentication is enabled|Progress bars disabled"
+    r"|The Ray cluster currently does not have any available CPUs"
 )
 
 

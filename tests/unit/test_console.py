@@ -57,6 +57,12 @@ def test_console_noise_filter() -> None:
         record(logging.WARNING, "Failed to query Ray Train Controller actor state. State API")
     )
     assert not keep.filter(record(logging.WARNING, "Progress bars disabled. To enable, set ..."))
+    busy = (
+        "Warning: The Ray cluster currently does not have any available CPUs. The Dataset job will hang ..."
+    )
+    assert not keep.filter(
+        record(logging.WARNING, busy)
+    )  # between two passes of a stage: in the log file only
 
 
 def test_ray_data_config_adds_our_file_and_quiets_its_console(tmp_path: Path) -> None:
