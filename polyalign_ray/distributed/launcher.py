@@ -231,9 +231,8 @@ def launch_training(
         with TrainingProgress(output_dir / "metrics.jsonl", output_dir.name, on_line=tracker.log_line):
             result = trainer.fit()
         fit_returned = time.time()
-        wait_until_free(
-            free_before
-        )  # the worker group's CPUs back before the next stage starts a Ray Data pass
+        # the worker group's CPUs back before the next stage starts a Ray Data pass
+        wait_until_free(free_before)
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -49,7 +49,8 @@ def train_human_references(config: PolyAlignConfig) -> dict[str, Any]:
     features = data_dir / "features" / "features.parquet"
     if features.is_file():
         read.append(features)
-    signature = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in read)
+    stats = [(str(p), p.stat()) for p in read]
+    signature = tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
     return _human_references_of(data_dir, signature, config.eval.human_per_bucket, config.eval.seed)
 
 
