@@ -4,6 +4,7 @@ in actors (``distributed/batch_generation.py``), and a vLLM backend can replace 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +12,14 @@ import torch
 
 from polyalign_ray.config import GenerationConfig
 from polyalign_ray.prompting import render_prompt
+
+
+def batch_seed(seed: int, batch_number: int) -> int:
+    """The torch seed of one generation batch: a hash of the run's seed and the batch's number, so no two batches
+    of a pass draw the same random numbers and no batch of one seed repeats a batch of another (``seed + number``
+    would: seed 0's batch 1 is seed 1's batch 0)."""
+    digest = hashlib.blake2b(f"{seed}:{batch_number}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big")
 
 
 def generate_responses(
@@ -26,7 +35,9 @@ def generate_responses(
 ) -> list[str]:
     """One sampled answer per record, decoded without special tokens. ``include_length=False`` leaves the gold length
     bin out of profile-conditioned prompts (evaluation: it is unknown at deployment). Sampling is seeded per batch
-    (``settings.seed + seed_offset + batch index``) so a rerun on the same records gives the same answers."""
+    with :func:`batch_seed` of ``settings.seed`` and ``seed_offset + batch index``, so a rerun on the same records
+    gives the same answers, and records cut into calls of one batch each (Ray Data) give the answers of one call
+    over all of them when each call's ``seed_offset`` is its batch's number."""
     model.eval()
     device = next(model.parameters()).device
     padding_side = tokenizer.padding_side
@@ -49,7 +60,7 @@ def generate_responses(
                 max_length=max_prompt_tokens,
                 add_special_tokens=False,
             ).to(device)
-            torch.manual_seed(settings.seed + seed_offset + start // settings.batch_size)
+            torch.manual_seed(batch_seed(settings.seed, seed_offset + start // settings.batch_size))
             with torch.no_grad():
                 generated = model.generate(
                     **encoded,

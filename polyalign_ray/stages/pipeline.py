@@ -15,6 +15,7 @@ checkpoint (``training_runs``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -44,6 +45,10 @@ class Stage:
     """Runs the stage; the argument is ``fresh``: start training over rather than continue an interrupted run."""
     needs: tuple[str, ...] = ()
     """Stages whose outputs this one reads: a new run of any of them reopens this one."""
+    only_generates: bool = False
+    """The stage's Ray work is generation alone (an evaluation): consecutive such stages of one pipeline share kept
+    generation actors (``distributed/batch_generation.generation_actors_kept``) instead of starting a Ray Data
+    pass's actors each; no training stage may run while those hold their CPUs."""
 
 
 def variant(config: PolyAlignConfig, **sections: dict[str, Any]) -> PolyAlignConfig:
@@ -197,6 +202,7 @@ def pipeline_stages(config: PolyAlignConfig) -> list[Stage]:
                     (*keys, "eval"),
                     lambda fresh, model=model, name=name: evaluate.run_eval_stage(config, model(), name),
                     needs=needs,
+                    only_generates=True,
                 )
             )
         stage_list.append(
@@ -336,13 +342,24 @@ def run_pipeline(
     results: dict[str, Any] = {}
     timings: dict[str, float | str] = {}
     start = time.perf_counter()
-    for number, stage in enumerate(stage_list, start=1):
-        label = f"[{number}/{len(stage_list)}] {stage.name}: {stage.title}"
-        result, timings[stage.name] = run_stage(
-            stage, config, folders, label, echo, lambda: time.perf_counter() - start
-        )
-        if timings[stage.name] != "skipped":
-            results[stage.name] = result
+    # a sweep or seed trial (``only``) runs inside a Tune trial's reserved resources: it keeps Ray Data's passes
+    share_actors, actors_kept = only is None, False
+    with contextlib.ExitStack() as kept_actors:
+        for number, stage in enumerate(stage_list, start=1):
+            if actors_kept and not stage.only_generates:
+                kept_actors.close()  # the next stage may train: the kept actors' CPUs go back first
+                actors_kept = False
+            elif share_actors and stage.only_generates and not actors_kept:
+                from polyalign_ray.distributed.batch_generation import generation_actors_kept
+
+                kept_actors.enter_context(generation_actors_kept(config.generation))
+                actors_kept = True
+            label = f"[{number}/{len(stage_list)}] {stage.name}: {stage.title}"
+            result, timings[stage.name] = run_stage(
+                stage, config, folders, label, echo, lambda: time.perf_counter() - start
+            )
+            if timings[stage.name] != "skipped":
+                results[stage.name] = result
     results["timings"] = timings
     results["wall_s"] = time.perf_counter() - start
     return results

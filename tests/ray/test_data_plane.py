@@ -167,6 +167,79 @@ def test_a_table_cut_in_blocks_is_shared_by_the_actor_pool_and_keeps_its_order(r
     assert len({r["pid"] for r in rows}) == 2
 
 
+def in_process_answers(model_path: Path, table, config, samples_per_record: int) -> dict[str, list[str]]:
+    """What one in-process ``generate_responses`` call over every (record, sample) row gives, one torch thread as
+    in the actors."""
+    import torch
+
+    from polyalign_ray.generation import generate_responses
+    from polyalign_ray.models import load_causal_lm, load_tokenizer
+
+    rows = table.to_pylist() * samples_per_record
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        answers = generate_responses(
+            load_causal_lm(model_path, config.model),
+            load_tokenizer(model_path),
+            rows,
+            config.generation,
+            profile_conditioning=config.model.profile_conditioning,
+            max_prompt_tokens=config.model.max_length,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out: dict[str, list[str]] = {}
+    for row, answer in zip(rows, answers, strict=True):
+        out.setdefault(row["id"], []).append(answer)
+    return out
+
+
+def test_generation_passes_answer_as_one_in_process_call_and_kept_actors_reload_a_changed_model(
+    ray_session, data_dir: Path, zero3_run: Path, tmp_path: Path
+) -> None:
+    """A Ray Data pass and the pipeline's kept generation actors give the answers of one in-process call over the
+    same rows: each batch is seeded by its number in the pass. Six copies of one prompt, one per batch, are not
+    six copies of one answer (every Ray Data batch was seeded alike before). Kept actors load a model again when
+    its folder changes."""
+    import shutil
+
+    import pyarrow as pa
+
+    from polyalign_ray.distributed.batch_generation import generation_actors_kept, sample_answers_with_ray
+    from tests.ray.tiny_run import sft_config
+
+    config = sft_config(
+        data_dir,
+        zero3_run,
+        "generation.batch_size=1",
+        "generation.max_new_tokens=6",
+        "generation.num_workers=2",
+    )
+    val = load_split(data_dir, "val").slice(0, 4).to_pylist()
+    copies = [dict(val[0], id=f"copy-{i}") for i in range(6)]
+    table = pa.Table.from_pylist(val + copies)
+    model = tmp_path / "model"
+    shutil.copytree(zero3_run / "final", model)
+
+    via_data = sample_answers_with_ray(
+        table, str(model), config.generation, config.model, samples_per_record=2
+    )
+    assert via_data == in_process_answers(model, table, config, 2)
+    assert len({via_data[c["id"]][0] for c in copies}) > 1
+    with generation_actors_kept(config.generation) as kept:
+        assert sample_answers_with_ray(
+            table, str(model), config.generation, config.model, samples_per_record=2
+        ) == (via_data)
+        assert 1 <= len(kept.actors) <= 2
+        shutil.rmtree(model)
+        shutil.copytree(data_dir / "base_model", model)  # the same path, another model
+        retrained = sample_answers_with_ray(table, str(model), config.generation, config.model)
+    assert retrained == in_process_answers(model, table, config, 1)
+    assert retrained != {key: answers[:1] for key, answers in via_data.items()}
+    assert not kept.actors
+
+
 def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

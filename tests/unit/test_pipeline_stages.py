@@ -142,3 +142,58 @@ def test_compare_finds_runs_by_name_by_seed_and_by_folder(tmp_path: Path) -> Non
     assert run_folders(seeded, [f"mine={','.join(two)}"]) == {"mine": [Path(p) for p in two]}
     with pytest.raises(FileNotFoundError, match="polyalign eval --name dpo"):
         run_folders(seeded, ["dpo"])
+
+
+def test_consecutive_evaluations_share_kept_generation_actors_and_training_never_runs_beside_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The top-level pipeline keeps generation actors from its first evaluation to the end of a run of evaluations
+    and ends them before any other stage (a training stage needs their CPUs); a Tune trial (``only``) keeps none."""
+    from polyalign_ray.distributed import batch_generation
+
+    events: list[str] = []
+
+    class Recorder:
+        def __init__(self, generation) -> None:
+            pass
+
+        def __enter__(self) -> None:
+            events.append("actors kept")
+
+        def __exit__(self, *exc) -> None:
+            events.append("actors ended")
+
+    def stages_of(names: list[str]) -> list[Stage]:
+        def body(name: str):
+            return lambda fresh: events.append(name)
+
+        out = []
+        for name in names:
+            (tmp_path / name).mkdir(exist_ok=True)
+            out.append(
+                Stage(
+                    name, name, tmp_path / name, ("eval",), body(name), only_generates=name.startswith("eval")
+                )
+            )
+        return out
+
+    names = ["hdpo", "eval_base", "eval_sft", "train_again", "eval_hdpo", "compare"]
+    monkeypatch.setattr(batch_generation, "generation_actors_kept", Recorder)
+    monkeypatch.setattr(pipeline, "pipeline_stages", lambda c: stages_of(names))
+    monkeypatch.setattr(pipeline, "stage_folders", lambda s, c: {st.name: st.folder for st in s})
+    run_pipeline(config(tmp_path), echo=lambda _: None)
+    assert events == [
+        "hdpo",
+        "actors kept",
+        "eval_base",
+        "eval_sft",
+        "actors ended",
+        "train_again",
+        "actors kept",
+        "eval_hdpo",
+        "actors ended",
+        "compare",
+    ]
+    events.clear()
+    run_pipeline(config(tmp_path, "pipeline.redo=[eval_sft]"), echo=lambda _: None, only=("eval_sft",))
+    assert events == ["eval_sft"]
