@@ -1,7 +1,7 @@
 """HDPO (METHOD.md section 5) as a stage: ``polyalign hdpo`` and the pipeline's ``hdpo`` / ``dpo``.
 
 Driver (:func:`run_hdpo_stage`): which training run this is (``training_runs``), the offline pairs (human answer vs
-SFT sample -> critic distances through the actor pool -> pair weights -> tokenized by Ray Data with the frozen
+SFT sample -> critic distances (``critic_distances``) -> pair weights -> tokenized by Ray Data with the frozen
 reference's log-probs, per-bucket shards in ``OUT/shards/pairs``), then the launcher's TorchTrainer of DeepSpeed
 workers. Worker body (:func:`hdpo_worker`): model -> strategy -> pair source -> the loop of ``loops/hdpo.py``.
 Offline, the pair sampler gives each rank its slice of the same global batch, as in SFT, and each worker reads
@@ -77,6 +77,28 @@ def load_samples(path: Path) -> dict[str, list[str]]:
     return {row["id"]: list(row["samples"]) for row in rows}
 
 
+IN_PROCESS_SCORING_MAX_TEXTS = 20_000
+"""Offline pairs with at most this many answers are scored by the critic in the driver, when its encoder is hashed
+n-grams: starting the critic actor pool (process start, imports, bundle load: about 3 s on 2 cores) costs more than
+scoring them here (the demo's 1,090 answers: about 1 s). Larger sets, and critics that encode with a language
+model, go to the pool, which spreads them over the cluster's actors."""
+
+
+def critic_distances(critic_dir: str, critic: Any, texts: list[str], buckets: list[str]) -> list[float]:
+    """The critic's distance of each answer in its bucket: in the driver for small hashed-n-gram jobs, else by the
+    critic actor pool (the same scores either way: the pool's actors run the same ``CriticScorer``)."""
+    meta = json.loads((Path(critic_dir) / "critic.json").read_text(encoding="utf-8"))
+    if len(texts) <= IN_PROCESS_SCORING_MAX_TEXTS and meta.get("encoder") == "hashed_ngrams":
+        from polyalign_ray.critic.scorer import CriticScorer
+
+        # num_threads=0: the driver's torch thread count is left as it is
+        return [float(d) for d in CriticScorer(critic_dir, num_threads=0).score(texts, buckets)]
+    from polyalign_ray.distributed.critic_pool import CriticPool
+
+    with CriticPool.from_config(critic_dir, critic) as pool:
+        return [float(d) for d in pool.score(texts, buckets)]
+
+
 def build_offline_pairs(
     config: PolyAlignConfig, policy: str, critic_dir: str
 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
@@ -84,7 +106,6 @@ def build_offline_pairs(
     the folder ``OUT/shards/pairs``; ``memory``: the materialized Ray Dataset, also written to
     ``OUT/pairs/pairs.parquet``) and the reconciled counts (also in ``pair_counts.json``)."""
     from polyalign_ray.distributed.batch_generation import sample_answers_with_ray
-    from polyalign_ray.distributed.critic_pool import CriticPool
     from polyalign_ray.distributed.data import prepare_pairs_with_ray, write_bucket_shards_with_ray
 
     hdpo = config.hdpo
@@ -106,10 +127,8 @@ def build_offline_pairs(
     log.info("hdpo: %d offline pairs from %d prompts (%s)", len(pairs), records.num_rows, counts)
     if not pairs:
         raise ValueError(f"no offline HDPO pair could be built: {counts}")
-    cfg = config.critic
-    with CriticPool.from_config(critic_dir, cfg) as pool:
-        texts = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-        distances = pool.score(texts, [p["bucket_id"] for p in pairs] * 2)
+    texts = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    distances = critic_distances(critic_dir, config.critic, texts, [p["bucket_id"] for p in pairs] * 2)
     chosen_distance, rejected_distance = distances[: len(pairs)], distances[len(pairs) :]
     weights = offline_pair_weights(
         pairs, chosen_distance, rejected_distance, hdpo, train_bucket_counts(config)

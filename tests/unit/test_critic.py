@@ -228,3 +228,45 @@ def test_one_forward_per_step_trains_like_a_forward_per_loss_term() -> None:
     assert history == pytest.approx(expected_history, rel=1e-5)
     for got, want in zip(weights, expected_weights, strict=True):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_offline_pairs_are_scored_in_the_driver_when_few_and_by_the_pool_when_many(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``stages.hdpo.critic_distances``: a small job of a hashed-n-gram critic is scored in this process (the
+    scorer's scores, the driver's torch threads untouched); above the limit the critic actor pool gets it."""
+    import torch
+
+    from polyalign_ray.distributed import critic_pool
+    from polyalign_ray.stages import hdpo
+
+    examples, references = synthetic_examples(120)
+    model, meta, summary = train_critic(examples, SMALL)
+    save_critic_bundle(tmp_path, model, meta, summary, references)
+    texts, buckets = [e.text for e in examples[:10]], [e.bucket for e in examples[:10]]
+    threads = torch.get_num_threads()
+    scored = hdpo.critic_distances(str(tmp_path), SMALL, texts, buckets)
+    assert torch.get_num_threads() == threads
+    assert scored == pytest.approx(CriticScorer(tmp_path, num_threads=0).score(texts, buckets).tolist())
+
+    pooled: list[int] = []
+
+    class FakePool:
+        @classmethod
+        def from_config(cls, bundle_dir, critic):
+            return cls()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def score(self, texts, buckets):
+            pooled.append(len(texts))
+            return [0.5] * len(texts)
+
+    monkeypatch.setattr(critic_pool, "CriticPool", FakePool)
+    monkeypatch.setattr(hdpo, "IN_PROCESS_SCORING_MAX_TEXTS", 9)
+    assert hdpo.critic_distances(str(tmp_path), SMALL, texts, buckets) == [0.5] * 10
+    assert pooled == [10]
