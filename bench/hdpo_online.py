@@ -492,7 +492,8 @@ def render(
         lines += [
             "",
             "Online pipeline (from `summary.json`'s `source`, whole run incl. the excluded steps; per batch = per "
-            "rollout batch of `hdpo.online.rollout_prompts` prompts: the global batch, 8, unless the variant sets it):",
+            "rollout batch of `hdpo.online.rollout_prompts` prompts: the global batch, "
+            f"{args.workers * args.micro_batch_size}, unless the variant sets it):",
             "",
             "| variant | repeat | rollout batches | candidates/batch | pairs/batch | generator s/batch | critic s/batch "
             "| generator busy s | gen. overlap | critic busy s | critic busy while training s | critic overlap "
