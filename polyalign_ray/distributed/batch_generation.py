@@ -115,9 +115,14 @@ class KeptGenerationActors:
             return
         free = free_resources()["GPU" if self.use_gpu else "CPU"]
         count = max(1, min(self.num_workers, int(free + 1e-6)))
-        remote = ray.remote(num_cpus=0 if self.use_gpu else 1, num_gpus=1 if self.use_gpu else 0)(
-            KeptGenerator
-        )
+        remote = ray.remote(
+            num_cpus=0 if self.use_gpu else 1,
+            num_gpus=1 if self.use_gpu else 0,
+            # a dead actor comes back and its batch runs again (generation is seeded, so the answers are the same),
+            # as in a Ray Data pass; a batch that kills its actor every time fails the pass after two retries
+            max_restarts=2,
+            max_task_retries=2,
+        )(KeptGenerator)
         self.actors = [remote.remote() for _ in range(count)]
 
     def map_blocks(
