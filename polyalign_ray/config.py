@@ -419,7 +419,8 @@ class GenerationConfig:
     batch_size: int = 16
     """Prompts per generate call in each generation actor."""
     seed: int = 0
-    """Seed of sampling (per batch of records, so a rerun on the same records gives the same answers)."""
+    """Seed of sampling: each batch of a pass is seeded by a hash of it and the batch's number, so a rerun on the same
+    records gives the same answers and no two batches draw the same random numbers."""
     num_workers: int = 2
     """Ray Data generation actors, each with one copy of the policy: up to this many, as many as there is room for
     (at least one; a sweep trial reserves one)."""
