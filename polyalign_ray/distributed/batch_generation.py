@@ -27,8 +27,14 @@ def table_in_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     every batch ran on one of the pool's actors while the others idled (seen: 13 batches in a row on one of two
     actors). Blocks of one batch each let the whole pool share the work; the batches hold the same rows as one
     block cut in order would, so seeded generation gives the same answers."""
+    return ray.data.from_arrow(table_slices(table, rows_per_block))
+
+
+def table_slices(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    """``table``'s rows in order, in slices of ``rows_per_block`` (one empty slice for an empty table: a Dataset
+    needs a block)."""
     size = max(1, rows_per_block)
-    return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
+    return [table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)]
 
 
 def model_actor_pool(num_workers: int, *, use_gpu: bool = False) -> ray.data.ActorPoolStrategy:
@@ -132,14 +138,14 @@ class KeptGenerationActors:
         the outputs in the table's order."""
         from ray.util import ActorPool
 
+        if table.num_rows == 0:
+            return pa.table({})
         self.start()
-        size = max(1, rows_per_block)
-        blocks = [table.slice(start, size) for start in range(0, table.num_rows, size)]
-        pool = ActorPool(self.actors)
-        outputs = pool.map(
-            lambda actor, block: actor.generate.remote(generator_kwargs, model_identity, block), blocks
+        outputs = ActorPool(self.actors).map(
+            lambda actor, block: actor.generate.remote(generator_kwargs, model_identity, block),
+            table_slices(table, rows_per_block),
         )
-        return pa.concat_tables(list(outputs)) if blocks else pa.table({})
+        return pa.concat_tables(list(outputs))
 
     def shutdown(self) -> None:
         for actor in self.actors:

@@ -87,7 +87,9 @@ model, go to the pool, which spreads them over the cluster's actors."""
 def critic_distances(critic_dir: str, critic: Any, texts: list[str], buckets: list[str]) -> list[float]:
     """The critic's distance of each answer in its bucket: in the driver for small hashed-n-gram jobs, else by the
     critic actor pool (the same scores either way: the pool's actors run the same ``CriticScorer``)."""
-    meta = json.loads((Path(critic_dir) / "critic.json").read_text(encoding="utf-8"))
+    from polyalign_ray.critic.train import BUNDLE_META
+
+    meta = json.loads((Path(critic_dir) / BUNDLE_META).read_text(encoding="utf-8"))
     if len(texts) <= IN_PROCESS_SCORING_MAX_TEXTS and meta.get("encoder") == "hashed_ngrams":
         from polyalign_ray.critic.scorer import CriticScorer
 
