@@ -115,12 +115,20 @@ def remove_orphaned_placement_groups_when_actors_end(timeout_s: float = 20.0) ->
     job_id = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout_s
     removed: list[str] = []
+    clear_since: float | None = None
     while True:
         actor_groups = [
             r for r in placement_group_records() if r.live and r.made_by_actor and r.creator_job_id == job_id
         ]
         if not actor_groups:
-            return removed
+            # a stopped trial's controller may still be making a new worker group when the table is first clear
+            # (CI saw one listed live right after this returned), so the table must stay clear for a second
+            clear_since = clear_since if clear_since is not None else time.monotonic()
+            if time.monotonic() - clear_since >= 1.0:
+                return removed
+            time.sleep(0.2)
+            continue
+        clear_since = None
         removed += remove_groups(
             [r for r in actor_groups if is_orphaned(r, job_id) and r.placement_group_id not in removed]
         )
