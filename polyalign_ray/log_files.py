@@ -77,6 +77,19 @@ def stage_log_file(path: Path) -> Iterator[Path | None]:
         yield path
 
 
+@contextlib.contextmanager
+def prints_to_log_file() -> Iterator[None]:
+    """What libraries ``print`` inside the block goes to the active log file, when there is one. Ray Tune's driver
+    prints its experiment table ("Configuration for experiment", "View detailed results here") whatever the
+    run's verbosity; inside a block whose Ray messages are filed, that table is one of them."""
+    stream = _active
+    if stream is None:
+        yield
+        return
+    with contextlib.redirect_stdout(stream):  # type: ignore[type-var]  # a text stream: write and flush
+        yield
+
+
 class ActiveStreamHandler(logging.Handler):
     """A logging handler writing to the active stream (Ray Data's logging config names this class, since that
     config is applied by Ray Data itself and can only name a handler, not hand over an object)."""

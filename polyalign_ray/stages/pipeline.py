@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign_ray.config import PolyAlignConfig, config_from_dict, config_to_dict
-from polyalign_ray.log_files import stage_log_file
+from polyalign_ray.log_files import prints_to_log_file, stage_log_file
 from polyalign_ray.training_runs import read_json_file, settings_fingerprint, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -424,7 +424,7 @@ def run_seeded_pipeline(config: PolyAlignConfig, *, echo: Callable[[str], None] 
             f"{seed_root(config, pending[0]).parent}/seed_N/progress.log, Ray's messages in "
             f"{run_log_dir(config) / 'seeds.log'} (elapsed {time.perf_counter() - start:.0f} s)"
         )
-        with stage_log_file(run_log_dir(config) / "seeds.log"):
+        with stage_log_file(run_log_dir(config) / "seeds.log"), prints_to_log_file():
             outcome = run_seed_trials(config, pending, stages)
         for seed, row in outcome.items():
             timings[f"seed_{seed}"] = row.get("seconds", "failed")

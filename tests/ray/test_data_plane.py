@@ -28,6 +28,7 @@ pytestmark = pytest.mark.ray
 RAY_INTERNAL = re.compile(
     r"\(\w* ?pid=\d+\)|streaming_executor|logging_progress|PlacementGroupCleaner|autoscaler|\x1b\[A"
     r"|Started a local Ray instance|Token authentication|execution finished in|core_worker"
+    r"|Configuration for experiment|View detailed results here"  # Ray Tune's experiment table
 )
 
 ROWS = [
