@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -387,6 +388,51 @@ class PairPreparer:
             for pair, c, r in zip(pairs, chosen_logps, rejected_logps, strict=True):
                 pair.reference_chosen_logps, pair.reference_rejected_logps = float(c), float(r)
         return pairs_table(pairs) if pairs else PAIR_SCHEMA.empty_table()
+
+
+IN_PROCESS_PAIR_WORK_MAX = 4e9
+"""Offline pairs are prepared in the driver when (pairs) x (the policy's weight bytes) is at most this: about 4e11
+FLOPs of reference forwards, a few seconds on 2 cores (the demo: about 550 pairs of a 4 MB model). Starting the
+Ray Data actors (a process each, torch and transformers imports, a model copy) costs 4-7 s per HDPO or DPO stage
+here, more than the work; larger jobs, and policies not in a local folder, go to the actors, which spread over
+the cluster."""
+IN_PROCESS_TOKENIZE_MAX_PAIRS = 20_000
+"""Without precomputed reference log-probs (``hdpo.reference=frozen_copy``) preparing a pair is tokenizing it."""
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_weight_bytes(path: str) -> int | None:
+    """The bytes of a local model folder's weight files; None for a hub name or anything not a local folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in WEIGHT_FILE_SUFFIXES and f.is_file())
+
+
+def prepares_pairs_in_process(pair_count: int, model_path: str, *, precompute: bool) -> bool:
+    """Whether :func:`prepare_pairs_in_process` (the driver) or Ray Data's actors should prepare ``pair_count``
+    offline pairs: see :data:`IN_PROCESS_PAIR_WORK_MAX`."""
+    if not precompute:
+        return pair_count <= IN_PROCESS_TOKENIZE_MAX_PAIRS
+    weight_bytes = model_weight_bytes(model_path)
+    return bool(weight_bytes) and pair_count * weight_bytes <= IN_PROCESS_PAIR_WORK_MAX
+
+
+def prepare_pairs_in_process(
+    rows: Sequence[Mapping[str, Any]],
+    model_path: str,
+    model: Mapping[str, Any],
+    *,
+    precompute: bool,
+    batch_rows: int,
+) -> pa.Table:
+    """What Ray Data's :class:`PairPreparer` actors make of ``rows``, made here: the same batches of ``batch_rows``
+    rows in order (a batch's sequences are sorted by length and padded together, so the same cut gives the same
+    log-probs), with the driver's torch threads left as they are."""
+    preparer = PairPreparer(model_path, dict(model), precompute, torch_threads=0)
+    table = pa.Table.from_pylist(list(rows))
+    parts = [preparer(table.slice(start, batch_rows)) for start in range(0, table.num_rows, batch_rows)]
+    return pa.concat_tables(parts) if parts else PAIR_SCHEMA.empty_table()
 
 
 def offline_pair_weights(

@@ -618,16 +618,27 @@ def write_bucket_shards_with_ray(
 def prepare_pairs_with_ray(rows: list[dict[str, Any]], policy: str, config: Any) -> ray.data.Dataset:
     """Offline pair rows -> tokenized pairs with the frozen reference's log-probs (``hdpo_data.PairPreparer``,
     one model copy per Ray Data actor, up to ``generation.num_workers`` of them), not yet executed: the caller writes
-    them as shards or materializes them."""
+    them as shards or materializes them. A small job (``hdpo_data.prepares_pairs_in_process``: the demo's) is
+    prepared in the driver instead, in the same batches, and handed over as a dataset of its blocks."""
     from polyalign_ray.config import config_to_dict
-    from polyalign_ray.hdpo_data import PairPreparer
+    from polyalign_ray.hdpo_data import PairPreparer, prepare_pairs_in_process, prepares_pairs_in_process
 
+    precompute = config.hdpo.reference == "precompute"
+    if prepares_pairs_in_process(len(rows), policy, precompute=precompute):
+        began = time.perf_counter()
+        table = prepare_pairs_in_process(
+            rows, policy, config_to_dict(config.model), precompute=precompute, batch_rows=PAIR_BATCH_ROWS
+        )
+        log.info("hdpo: %d pairs prepared in the driver in %.1f s", len(rows), time.perf_counter() - began)
+        prepared = table_in_blocks(table, PAIR_BATCH_ROWS)
+        prepared.context.execution_options.preserve_order = True
+        return prepared
     prepared = table_in_blocks(pa.Table.from_pylist(rows), PAIR_BATCH_ROWS).map_batches(
         PairPreparer,
         fn_constructor_kwargs={
             "model_path": policy,
             "model": config_to_dict(config.model),
-            "precompute": config.hdpo.reference == "precompute",
+            "precompute": precompute,
         },
         batch_size=PAIR_BATCH_ROWS,
         batch_format="pyarrow",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from polyalign_ray.cli import main
@@ -145,7 +146,6 @@ def test_a_table_cut_in_blocks_is_shared_by_the_actor_pool_and_keeps_its_order(r
     """``table_in_blocks``: ``from_arrow(table)`` is one block, which an actor-pool map hands to one actor (the
     generation and reference-log-prob actors beyond the first idled); cut into blocks of one batch, both actors of
     a 2-actor pool get batches, every row comes back once, and with ``preserve_order`` in the rows' order."""
-    import pyarrow as pa
     import ray.data
 
     from polyalign_ray.distributed.batch_generation import table_in_blocks
@@ -205,8 +205,6 @@ def test_generation_passes_answer_as_one_in_process_call_and_kept_actors_reload_
     its folder changes."""
     import shutil
 
-    import pyarrow as pa
-
     from polyalign_ray.distributed.batch_generation import generation_actors_kept, sample_answers_with_ray
     from tests.ray.tiny_run import sft_config
 
@@ -239,6 +237,49 @@ def test_generation_passes_answer_as_one_in_process_call_and_kept_actors_reload_
     assert retrained == in_process_answers(model, table, config, 1)
     assert retrained != {key: answers[:1] for key, answers in via_data.items()}
     assert not kept.actors
+
+
+def test_offline_pairs_prepared_in_the_driver_equal_those_of_the_ray_data_actors(
+    ray_session, data_dir: Path, zero3_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small pair set is tokenized and given its reference log-probs in the driver (no actor to start); a large
+    one by Ray Data's actors. Both give the same rows in the same order."""
+    from polyalign_ray import hdpo_data
+    from polyalign_ray.distributed.data import PAIR_BATCH_ROWS, prepare_pairs_with_ray
+    from tests.ray.tiny_run import sft_config
+
+    config = sft_config(data_dir, zero3_run, "model.max_length=48")
+    records = load_split(data_dir, "train").slice(0, PAIR_BATCH_ROWS + 9).to_pylist()
+    rows = [
+        dict(
+            record,
+            pair_id=f"{record['id']}#s0",
+            chosen=record["response"],
+            rejected=records[i - 1]["response"] + " and more",
+            chosen_distance=0.1,
+            rejected_distance=0.9,
+            weight=1.0 + i / 10,
+        )
+        for i, record in enumerate(records)
+    ]
+    policy = str(zero3_run / "final")
+    assert hdpo_data.prepares_pairs_in_process(len(rows), policy, precompute=True)
+    in_driver = pa.concat_tables(
+        prepare_pairs_with_ray(rows, policy, config).iter_batches(batch_format="pyarrow")
+    )
+    monkeypatch.setattr(hdpo_data, "IN_PROCESS_PAIR_WORK_MAX", 0)
+    assert not hdpo_data.prepares_pairs_in_process(len(rows), policy, precompute=True)
+    by_actors = pa.concat_tables(
+        prepare_pairs_with_ray(rows, policy, config).iter_batches(batch_format="pyarrow")
+    )
+    assert in_driver["pair_id"].to_pylist() == [row["pair_id"] for row in rows]
+    exact = [c for c in in_driver.column_names if not c.startswith("reference_")]
+    assert in_driver.select(exact).to_pylist() == by_actors.select(exact).to_pylist()
+    for column in ("reference_chosen_logps", "reference_rejected_logps"):
+        assert in_driver[column].to_pylist() == pytest.approx(
+            by_actors[column].to_pylist(), rel=1e-5, abs=1e-5
+        )
+        assert all(value < 0 for value in in_driver[column].to_pylist())
 
 
 def test_pipeline_with_two_seeds_on_the_builtin_corpus(
