@@ -190,14 +190,45 @@ def route_worker_output(handler: WorkerOutputToFile) -> bool:
         return False
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("polyalign_worker_output", handler)
+    route_raylet_messages(handler)
     return True
 
 
 def unroute_worker_output() -> None:
+    unroute_raylet_messages()
     with contextlib.suppress(ImportError):
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
         dispatcher.remove_handler("polyalign_worker_output")
+
+
+def route_raylet_messages(handler: WorkerOutputToFile) -> None:
+    """The raylet's messages to the driver to ``handler`` too. Why: they do not pass the dispatcher above. Ray's
+    error-listener thread prints them itself (``ray._private.worker.print_to_stdstream``, pid "raylet") on
+    stdout, so a 3-seed pipeline's console showed "(raylet) WARNING: 8 PYTHON worker processes have been started
+    ..." between our lines. Other callers of that function keep Ray's printing."""
+    import ray._private.worker as ray_worker
+
+    printed_by_ray = getattr(ray_worker, "print_to_stdstream", None)
+    if printed_by_ray is None or getattr(printed_by_ray, "polyalign_original", None):
+        return
+
+    def raylet_lines_to_handler(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            handler(data)
+        else:
+            printed_by_ray(data, ignore_prefix)
+
+    raylet_lines_to_handler.polyalign_original = printed_by_ray  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = raylet_lines_to_handler
+
+
+def unroute_raylet_messages() -> None:
+    import ray._private.worker as ray_worker
+
+    original = getattr(getattr(ray_worker, "print_to_stdstream", None), "polyalign_original", None)
+    if original is not None:
+        ray_worker.print_to_stdstream = original
 
 
 @contextlib.contextmanager

@@ -121,3 +121,35 @@ def test_ray_train_noop_runs(tmp_path: Path) -> None:
     run_bench("ray_train_noop.py", "--workers", "1", "--fits", "1", "--num-cpus", "1", "--out", str(env_out))
     fit = json.loads(env_out.read_text())["fits"][0]
     assert 0 < fit["to_body_s"] < fit["fit_s"] and fit["after_body_s"] > 0
+
+
+@pytest.mark.ray
+def test_prepare_throughput_runs(tmp_path: Path) -> None:
+    """Both engines on a tiny scaled corpus, each in its own child process; they must count alike."""
+    lines, report = tmp_path / "prepare.jsonl", tmp_path / "prepare.md"
+    run_bench(
+        "prepare_throughput.py", "--records", "3000", "--shards", "2", "--engines", "ray,local",
+        "--wait-idle", "0", "--out", str(tmp_path / "work"), "--json", str(lines), "--report", str(report),
+    )  # fmt: skip
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [r["engine"] for r in rows] == ["ray", "local"]
+    assert rows[0]["counts"] == rows[1]["counts"] and rows[0]["counts"]["read"] >= 3000
+    assert all(r["prepare_records_per_s"] > 0 and r["features_records_per_s"] > 0 for r in rows)
+    assert "| ray |" in report.read_text() and "| local |" in report.read_text()
+
+
+@pytest.mark.ray
+def test_critic_pool_runs(tmp_path: Path) -> None:
+    """The pool against the in-process scorer at tiny sizes: the bench's own check (the pool's scores equal the
+    scorer's) must hold."""
+    lines = tmp_path / "pool.jsonl"
+    run_bench(
+        "critic_pool.py", "--items", "400", "--repeats", "1", "--actors", "1", "--latency-calls", "5",
+        "--phase-items", "100", "--overlap-items", "128", "--overlap-actors", "1", "--overlap-rounds", "1",
+        "--producers", "sleep", "--jsonl", str(lines), "--report", str(tmp_path / "pool.md"),
+    )  # fmt: skip
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    summary = rows[-1]
+    assert summary["kind"] == "summary" and summary["checks_failed"] == 0
+    assert {r["kind"] for r in rows[:-1]} >= {"throughput", "latency", "overlap"}
+    assert "critic_pool" in summary["bench"]

@@ -7,7 +7,13 @@ import io
 import logging
 from pathlib import Path
 
-from polyalign_ray.distributed.runtime import ConsoleNoiseFilter, WorkerOutputToFile, ray_data_logging_config
+from polyalign_ray.distributed.runtime import (
+    ConsoleNoiseFilter,
+    WorkerOutputToFile,
+    ray_data_logging_config,
+    route_raylet_messages,
+    unroute_raylet_messages,
+)
 
 
 def batch(lines: list[str], pid: int = 7, actor: str = "RayTrainWorker") -> dict:
@@ -83,3 +89,28 @@ def test_ray_data_config_adds_our_file_and_quiets_its_console(tmp_path: Path) ->
         activate(None)
         stream.close()
     assert "Execution finished" in (tmp_path / "ray.log").read_text()
+
+
+def test_the_raylets_messages_go_to_the_file_not_to_stdout(capsys) -> None:
+    """Ray's error listener prints the raylet's messages itself; routed, they reach our handler (the file) and
+    the console stays ours. Unrouted, Ray's own printer is back."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    file, console = io.StringIO(), io.StringIO()
+    route_raylet_messages(WorkerOutputToFile(file, console))
+    route_raylet_messages(WorkerOutputToFile(io.StringIO(), io.StringIO()))  # a second route changes nothing
+    try:
+        ray_worker.print_to_stdstream(
+            {
+                "lines": ["WARNING: 8 PYTHON worker processes have been started"],
+                "pid": "raylet",
+                "is_err": False,
+            },
+            ignore_prefix=False,
+        )
+    finally:
+        unroute_raylet_messages()
+    assert ray_worker.print_to_stdstream is original
+    assert file.getvalue() == "(pid=raylet) WARNING: 8 PYTHON worker processes have been started\n"
+    assert console.getvalue() == "" and capsys.readouterr().out == ""
