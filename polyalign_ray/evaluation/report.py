@@ -153,19 +153,30 @@ def render_other_profile(comparison: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def interval_scheme_text(seeds: int, samples: int) -> str:
+    """How the intervals were made, in the report's words (evaluation/intervals.py has the scheme and its why)."""
+    if seeds == 1:
+        return (
+            f"percentile bootstrap over {SCHEMES['items']}, {samples} replicates, centred on the estimate; "
+            "distinct-n and Self-BLEU have none"
+        )
+    return (
+        f"t interval over the {seeds} seeds' values, with the test items' variance from {samples} bootstrap "
+        "replicates added; distinct-n and Self-BLEU over seeds only"
+    )
+
+
 def render_comparison(comparison: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """``report.md`` from ``comparison.compare_runs``: headline, claims, per language / track / bucket."""
     names = list(comparison["runs"])
     estimates = comparison["estimates"]
     seeds = comparison["seeds"]
-    scheme = SCHEMES["items" if seeds == 1 else "seeds+items"]
     parts = ["# PolyAlign evaluation", ""]
     parts.append(
         f"{comparison['items']} test items in {comparison['buckets']} buckets, {seeds} seed(s) per run; distribution "
         "metrics against the train split's human answers. Each value is the mean over seeds ± the half-width of its "
-        f"95% interval (percentile bootstrap, {comparison['samples']} replicates over {scheme}; distinct-n and "
-        "Self-BLEU over seeds only). Best mean per column in bold (lowest for BNG and Self-BLEU-4); — = not enough "
-        "items."
+        f"95% interval ({interval_scheme_text(seeds, comparison['samples'])}). Best mean per column in bold "
+        "(lowest for BNG and Self-BLEU-4); — = not enough items."
     )
     parts += ["", "## Overall", ""]
     columns = {m: estimate_cells([estimates[n]["overall"]["all"].get(m) for n in names], m) for m in HEADLINE}

@@ -379,6 +379,7 @@ def test_pipeline_with_two_seeds_on_the_builtin_corpus(
     assert "| en | hdpo |" in report and "| zh | hdpo |" in report
     assert "| single | sft |" in report and "| multi | sft |" in report
     assert "2 seed(s) per run" in report and "### HDPO − Bucket-SFT" in report
+    assert "t interval over the 2 seeds' values" in report
     comparison = json.loads((tmp_path / "eval" / "report" / "comparison.json").read_text())
     bng = comparison["estimates"]["hdpo"]["overall"]["all"]["bng"]
     assert bng["seeds"] == 2 and bng["scheme"] == "seeds+items" and bng["low"] <= bng["mean"] <= bng["high"]
