@@ -153,3 +153,24 @@ def test_critic_pool_runs(tmp_path: Path) -> None:
     assert summary["kind"] == "summary" and summary["checks_failed"] == 0
     assert {r["kind"] for r in rows[:-1]} >= {"throughput", "latency", "overlap"}
     assert "critic_pool" in summary["bench"]
+
+
+@pytest.mark.ray
+def test_sft_scaling_runs(tmp_path: Path) -> None:
+    """One tiny configuration (1 worker, ZeRO-0, 3 steps) on a slice of the built-in corpus."""
+    lines, report = tmp_path / "scaling.jsonl", tmp_path / "scaling.md"
+    tiny = [
+        "model.builtin_hidden_size=32",
+        "model.builtin_intermediate_size=64",
+        "model.builtin_vocab_size=512",
+    ]
+    run_bench(
+        "sft_scaling.py", "--configs", "1:0", "--steps", "3", "--exclude", "1", "--max-per-bucket", "15",
+        "--num-cpus", "2", "--no-warmup-fit", "--retries", "0", "--out", str(tmp_path / "work"),
+        "--jsonl", str(lines), "--report", str(report), *[arg for t in tiny for arg in ("--set", t)],
+    )  # fmt: skip
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    runs = [r for r in rows if not r.get("summary")]
+    assert [(r["workers"], r["zero_stage"], r["steps"]) for r in runs] == [(1, 0, 3)], rows
+    assert runs[0]["tokens_per_s"] > 0 and runs[0]["fit_wall_s"] >= runs[0]["loop_wall_s"]
+    assert rows[-1].get("summary") and "1:0" in report.read_text()

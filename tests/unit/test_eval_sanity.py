@@ -113,7 +113,10 @@ def test_comparison_report_and_plots(scored, tmp_path: Path) -> None:
     for bucket in scored["ideal"]["by_bucket"]:
         assert f"| {bucket} | human |" in text
     assert "### human − shuffled" in text and "▲" in text
-    assert "percentile bootstrap over test items (one seed: the spread of training seeds is not included)" in text
+    assert (
+        "percentile bootstrap over test items (one seed: the spread of training seeds is not included)"
+        in text
+    )
     # the best BNG of the overall table is the human one, in bold, with its interval
     overall_row = next(line for line in text.splitlines() if line.startswith("| human |"))
     assert f"**{scored['ideal']['overall']['bng']:.3f}** ± " in overall_row
