@@ -369,7 +369,11 @@ TIMED_STEPS = {
         "polyalign_ray.corpus.prepare",
         ("plan_splits", "plan_dedup", "write_split", "write_side_files"),
     ),
-    "ray": ("polyalign_ray.distributed.data", ("plan_splits", "plan_dedup", "write_side_files")),
+    # plan_on_driver calls plan_splits and plan_dedup; plan_distributed (above 200k records) plans by Ray Data passes
+    "ray": (
+        "polyalign_ray.distributed.data",
+        ("plan_splits", "plan_dedup", "plan_distributed", "_write_side_files_streamed"),
+    ),
 }
 _LOG_TIME = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\s+\w+\s+\S+ -- "
 OPERATOR_METRICS = {
@@ -389,6 +393,7 @@ def instrument_steps(engine: str, events: list[dict[str, Any]]) -> None:
     module_name, names = TIMED_STEPS[engine]
     module = importlib.import_module(module_name)
     for name in names:
+        # a renamed step fails here, loudly (the smoke run in tests/bench catches it) rather than going untimed
         original = getattr(module, name)
 
         def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
@@ -644,10 +649,20 @@ def _render_timeline(line: dict[str, Any], phase: str) -> list[str]:
     for item in items:
         out.append(f"  {item['start']:7.2f} +{item['seconds']:6.2f}  {item['what']}")
         for op in item.get("operators", []):
+            # an operator's metrics line may lack a key (Ray Data's names and per-operator sets change)
+            tasks, rows, task_s, transform_s, scheduling_s = (
+                "?" if op.get(key) is None else format(op[key], spec)
+                for key, spec in (
+                    ("tasks", ".0f"),
+                    ("rows_out", ".0f"),
+                    ("task_s", ".1f"),
+                    ("transform_s", ".1f"),
+                    ("scheduling_s", ".1f"),
+                )
+            )
             out.append(
-                f"                    {op['name']}: {op['tasks']:.0f} tasks, {op['rows_out']:.0f} rows out, "
-                f"{op['task_s']:.1f} task-s = UDF+block {op['transform_s']:.1f} + scheduling/wait "
-                f"{op['scheduling_s']:.1f} + rest"
+                f"                    {op['name']}: {tasks} tasks, {rows} rows out, {task_s} task-s = "
+                f"UDF+block {transform_s} + scheduling/wait {scheduling_s} + rest"
             )
     rest = total - sum(item["seconds"] for item in items)
     where = "the read + normalize loop" if line["engine"] == "local" else "collecting results, counting"
