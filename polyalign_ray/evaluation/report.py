@@ -31,10 +31,6 @@ BUCKET_COLUMNS = ("f1", "bng", "hcr", "c_mauve", "tdm")
 CLAIM_METRICS = ("f1", "rouge_l", "bng", "hcr", "c_mauve", "mauve", "tdm", "nuf_hypervolume", "aggregate")
 CLAIM_BUCKET_METRICS = ("f1", "bng", "hcr", "c_mauve")
 MARKS = {"better": "▲", "worse": "▼", "no clear difference": "·", "n/a": ""}
-SCHEMES = {
-    "items": "test items (one seed: the spread of training seeds is not included)",
-    "seeds+items": "seeds and test items",
-}
 
 
 def fmt(value: Any) -> str:
@@ -157,7 +153,8 @@ def interval_scheme_text(seeds: int, samples: int) -> str:
     """How the intervals were made, in the report's words (evaluation/intervals.py has the scheme and its why)."""
     if seeds == 1:
         return (
-            f"percentile bootstrap over {SCHEMES['items']}, {samples} replicates, centred on the estimate; "
+            f"percentile bootstrap over test items (one seed: the spread of training seeds is not included), {samples} "
+            "replicates, centred on the estimate; "
             "distinct-n and Self-BLEU have none"
         )
     return (
