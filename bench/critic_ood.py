@@ -9,7 +9,12 @@ separators and cut points), so a critic is not measured on its own training gene
 - ``other_bucket``: the answer of a random other-bucket val record, scored in this record's bucket;
 - ``other_language``: the same, from a bucket of the other language;
 - ``relabeled``: the answer itself scored in another bucket of its language; ``relabeled_any``: in any other
-  bucket.
+  bucket;
+- ``other_answer``: another record's answer of the same bucket (an answer to another question in the same style:
+  only a critic that sees the prompt can tell).
+
+Each critic is measured twice: every answer scored under its record's prompt (as rollouts and HDPO pairs are), and
+the answers alone (``score(texts, buckets)``; a critic without ``critic.use_prompt`` gives the same either way).
 
 The altered answers are those of the val and test records (the critic trains on train prompts only; val gates
 it). For each critic variant and kind: how often the altered answer scores farther than the original (the
@@ -45,7 +50,15 @@ from polyalign_ray.schema import count_length_tokens
 from polyalign_ray.stages.critic import critic_records
 from polyalign_ray.stages.hdpo import load_samples
 
-ALTERATIONS = ("repeated", "cut", "other_bucket", "other_language", "relabeled", "relabeled_any")
+ALTERATIONS = (
+    "repeated",
+    "cut",
+    "other_bucket",
+    "other_language",
+    "relabeled",
+    "relabeled_any",
+    "other_answer",
+)
 
 
 def alter(records: list[dict], seed: int) -> list[tuple[dict, str, str, str]]:
@@ -71,20 +84,29 @@ def alter(records: list[dict], seed: int) -> list[tuple[dict, str, str, str]]:
             out.append((record, "relabeled", text, rng.choice(same)["bucket_id"]))
         if same or other:
             out.append((record, "relabeled_any", text, rng.choice(same + other)["bucket_id"]))
+        twins = [r for r in records if r["bucket_id"] == record["bucket_id"] and r["response"] != text]
+        if twins:
+            out.append((record, "other_answer", rng.choice(twins)["response"], record["bucket_id"]))
     return out
 
 
-def measure(bundle: Path, altered: list, references: ReferenceSet) -> dict:
+def measure(bundle: Path, altered: list, references: ReferenceSet, *, with_prompts: bool = True) -> dict:
+    """Scores of the altered answers against their originals'. ``with_prompts``: every answer is scored under its
+    record's prompt (a relabeled answer under its own prompt in the other bucket; another record's answer under
+    this record's prompt), as rollouts and pairs are scored; else the answers alone, as ``score(texts, buckets)``."""
     scorer = CriticScorer(bundle)
     originals = {id(r): r for r, *_ in altered}
     base_texts = [r["response"] for r in originals.values()]
     base_buckets = [r["bucket_id"] for r in originals.values()]
-    base_scores = dict(zip(originals, scorer.score(base_texts, base_buckets), strict=True))
+    base_prompts = list(originals.values()) if with_prompts else None
+    base_scores = dict(
+        zip(originals, scorer.score(base_texts, base_buckets, prompts=base_prompts), strict=True)
+    )
     base_true = dict(
         zip(originals, references.distance(features_matrix(base_texts), base_buckets), strict=True)
     )
     texts, buckets = [a[2] for a in altered], [a[3] for a in altered]
-    scores = scorer.score(texts, buckets)
+    scores = scorer.score(texts, buckets, prompts=[a[0] for a in altered] if with_prompts else None)
     true = references.distance(features_matrix(texts), buckets)
     out = {}
     for kind in ALTERATIONS:
@@ -229,12 +251,14 @@ def mean_over_seeds(runs: list[dict]) -> dict:
         },
         "hand_altered": {},
     }
-    for kind in (*ALTERATIONS, "originals"):
-        present = [r["hand_altered"][kind] for r in runs if kind in r["hand_altered"]]
-        if present:
-            out["hand_altered"][kind] = {
-                key: stats([m[key] for m in present]) for key in present[0] if key != "n"
-            } | {"n": sum(m.get("n", 0) for m in present)}
+    for field in ("hand_altered", "hand_altered_no_prompt"):
+        out[field] = {}
+        for kind in (*ALTERATIONS, "originals"):
+            present = [r[field][kind] for r in runs if kind in r.get(field, {})]
+            if present:
+                out[field][kind] = {
+                    key: stats([m[key] for m in present]) for key in present[0] if key != "n"
+                } | {"n": sum(m.get("n", 0) for m in present)}
     return out
 
 
@@ -274,6 +298,7 @@ def train_and_measure(run: Path, label: str, overrides: list[str], seed: int, wo
         "heldout_ranking_accuracy_human_below_model": summary["heldout_ranking_accuracy_human_below_model"],
         "heldout_corrupted_farther_rate": summary.get("heldout_corrupted_farther_rate"),
         "hand_altered": measure(bundle, alter(held, seed), references),
+        "hand_altered_no_prompt": measure(bundle, alter(held, seed), references, with_prompts=False),
     }
 
 
@@ -289,7 +314,9 @@ def spearman_by_author(bundle: Path, examples: list) -> dict:
     """Held-out Spearman within model answers (what ranking rollouts needs) and within human answers (all near
     support, their targets a narrow range): the gate's one figure mixes the two."""
     plain = [e for e in examples if e.heldout and e.kind in ("human", "model", "")]
-    scores = CriticScorer(bundle).score([e.text for e in plain], [e.bucket for e in plain])
+    scores = CriticScorer(bundle).score(
+        [e.text for e in plain], [e.bucket for e in plain], prompts=[e.prompt for e in plain]
+    )
     out = {}
     for name, human in (("heldout_spearman_models", False), ("heldout_spearman_humans", True)):
         idx = [i for i, e in enumerate(plain) if e.is_human == human]
@@ -322,10 +349,12 @@ def write_report(args: argparse.Namespace, results: dict, seeds: list[int]) -> N
         "| critic | held-out Spearman (SFT / human) | " + " | ".join(ALTERATIONS) + " | train s |",
         "|---|---:|" + "---:|" * len(ALTERATIONS) + "---:|",
     ]
-    for label, r in results.items():
+    rows = [(label, r, "hand_altered", "") for label, r in results.items()]
+    rows += [(label, r, "hand_altered_no_prompt", ", answers alone") for label, r in results.items()]
+    for label, r, field, how in rows:
         cells = []
         for kind in ALTERATIONS:
-            m = r["hand_altered"].get(kind)
+            m = r[field].get(kind)
             if not m:
                 cells.append("—")
                 continue
@@ -338,7 +367,7 @@ def write_report(args: argparse.Namespace, results: dict, seeds: list[int]) -> N
                 f" ({r['heldout_spearman_models']['mean']:.3f} / {r['heldout_spearman_humans']['mean']:.3f})"
             )
         lines.append(
-            f"| {label} | {r['heldout_spearman']['mean']:.3f}{within} | "
+            f"| {label}{how} | {r['heldout_spearman']['mean']:.3f}{within} | "
             + " | ".join(cells)
             + f" | {r['train_seconds']['mean']:.0f} |"
         )

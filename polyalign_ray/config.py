@@ -459,6 +459,12 @@ class CriticConfig:
     support_features: bool = True
     """Also feed support statistics counted over the train human answers (critic/support.py): how the answer's
     family, ending and words compare with human answers'; shows cut answers and other contexts' answers."""
+    use_prompt: bool = True
+    """Also feed the prompt (critic/prompts.py): whether the bucket's track is the conversation's, how much the
+    answer and the prompt share, and a learned interaction of their n-grams. Scoring without a prompt still works."""
+    prompt_dropout: float = 0.3
+    """Share of training prompts whose examples are seen without their prompt, so the critic also scores answers
+    given alone (``CriticScorer.score(texts, buckets)``)."""
     support_exclude: tuple[str, ...] = ()
     """Support statistics left out (names in ``critic/support.py``, e.g. [length_below_bin, length_above_bin]):
     for ablations; empty: all."""
@@ -505,7 +511,9 @@ class CriticConfig:
         "shuffle",
     )
     """Kinds of corrupted human answers the critic also learns from, with exact targets (critic/corruptions.py):
-    loops, cut-off answers, one token repeated, answers in the wrong bucket or language, word salad."""
+    loops, cut-off answers, one token repeated, answers in the wrong bucket or language, word salad; ``swap``
+    (another prompt's answer, only the prompt shows it) is offered but not a default: it cost cut answers 3 points
+    and bought 1 (bench/results/critic_prompt.md)."""
     corruptions_per_prompt: int = 7
     """Corrupted answers per prompt (0: none; the critic is then blind to answers unlike human and SFT ones)."""
     corruption_rank_weight: float = 5.0
@@ -549,6 +557,8 @@ class CriticConfig:
             out.append(f"{path}.max_prompts must be >= 0, got {self.max_prompts}")
         if self.boundary_dim < 0:
             out.append(f"{path}.boundary_dim must be >= 0 (0: no boundary n-grams), got {self.boundary_dim}")
+        if not 0 <= self.prompt_dropout <= 1:
+            out.append(f"{path}.prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
         if self.corruptions_per_prompt < 0:
             out.append(f"{path}.corruptions_per_prompt must be >= 0, got {self.corruptions_per_prompt}")
         from polyalign_ray.critic.corruptions import KINDS

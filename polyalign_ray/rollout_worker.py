@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from polyalign_ray.config import GenerationConfig, ModelConfig
+from polyalign_ray.critic.prompts import prompt_view
 from polyalign_ray.generation import generate_responses
 from polyalign_ray.hdpo_data import (
     TokenizedPair,
@@ -124,8 +125,8 @@ class RolloutWorker:
         self.version = version
 
     def rollout(self, records: Sequence[Mapping[str, Any]], seed: int) -> dict[str, Any]:
-        """Candidates of each prompt with token ids, labels and reference log-probs, plus the flat ``texts`` and
-        ``buckets`` lists the critic scores (in candidate order). Candidates whose answer has no token left after
+        """Candidates of each prompt with token ids, labels and reference log-probs, plus the flat ``texts``,
+        ``buckets`` and ``text_prompts`` lists the critic scores (in candidate order). Candidates whose answer has no token left after
         truncation are left out."""
         started = time.time()
         repeated = [record for _ in range(self.k) for record in records]
@@ -159,6 +160,11 @@ class RolloutWorker:
             "prompts": prompts,
             "texts": [c["text"] for c in flat],
             "buckets": [p["bucket_id"] for p in prompts for _ in p["candidates"]],
+            "text_prompts": [
+                prompt_view(record)
+                for record, p in zip(records, prompts, strict=True)
+                for _ in p["candidates"]
+            ],
             "started": started,
             "finished": time.time(),
         }

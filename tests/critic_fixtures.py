@@ -36,17 +36,30 @@ def model_answer(rng: random.Random, bucket: str) -> str:
     return human_answer(rng, bucket)  # sometimes indistinguishable from a human answer
 
 
+def prompt_for(answer: str, rng: random.Random) -> str:
+    """A prompt that shares two of its answer's words (characters in Chinese), as a question and its reply often
+    do: what lets a critic that sees the prompt tell another prompt's answer (``swap``) from this one."""
+    english = " " in answer
+    pieces = answer.rstrip(".?!").lower().split() if english else list(answer.rstrip("。？！"))
+    chosen = rng.sample(pieces, min(2, len(pieces)))
+    return "tell me about " + " ".join(chosen) if english else "说说" + "".join(chosen)
+
+
 def synthetic_records(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
+    prompt_rng = random.Random(seed + 7919)  # apart, so the answers stay those of the seed
     records = []
     for i in range(n):
         bucket = EN_BUCKET if i % 2 == 0 else ZH_BUCKET
+        response = human_answer(rng, bucket)
         records.append(
             {
                 "id": f"r{i}",
                 "bucket_id": bucket,
                 "split": "val" if i % 5 == 0 else "train",
-                "response": human_answer(rng, bucket),
+                "prompt": prompt_for(response, prompt_rng),
+                "history": [],
+                "response": response,
             }
         )
     return records

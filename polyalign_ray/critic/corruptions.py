@@ -8,7 +8,9 @@ scored 0.18, and an answer repeated six times was scored farther than the origin
 Each corruption takes a human answer (and, for moves, an answer of another bucket) and makes what rollouts of a
 small or over-optimized policy actually produce: loops (the answer or its last sentence repeated), answers cut off
 mid-way or mid-word (the token budget ran out), a single token repeated, answers in the wrong bucket (another bucket's answer
-scored here, of the same or the other language, or this answer scored in another bucket), and shuffled word salad. Every corrupted answer gets its exact target d(x, b) from the
+scored here, of the same or the other language, or this answer scored in another bucket), shuffled word salad,
+and another answer of the same bucket (``swap``: an answer to another question in this context's style, which
+only a critic that sees the prompt can tell; critic/prompts.py). Every corrupted answer gets its exact target d(x, b) from the
 references like any other example; the critic also learns, through the ranking hinge, that a corrupted answer lies
 farther from human support than the answer it came from.
 
@@ -24,7 +26,7 @@ from typing import Any
 
 import regex
 
-KINDS = ("repeat", "truncate", "degenerate", "move_bucket", "move_language", "relabel", "shuffle")
+KINDS = ("repeat", "truncate", "degenerate", "move_bucket", "move_language", "relabel", "shuffle", "swap")
 """Corruption kinds, in the order a seeded choice cycles through them."""
 
 _TOKENS = regex.compile(r"\p{Han}|[\p{L}\p{N}']+|[^\s\p{L}\p{N}]")
@@ -105,16 +107,18 @@ def corrupt_records(
 ) -> list[Corrupted]:
     """``per_record`` corrupted answers for each record's human answer, the kinds taken in turn from a seeded
     order. ``move_bucket`` scores an answer of another bucket of the same language in this record's bucket,
-    ``move_language`` one of the other language's, ``relabel`` this answer in another bucket (any language); a
-    record whose move has no candidate gets another kind."""
+    ``move_language`` one of the other language's, ``relabel`` this answer in another bucket (any language),
+    ``swap`` another record's answer of the same bucket; a record whose move has no candidate gets another kind."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown corruption kind(s) {unknown}; choose from {list(KINDS)}")
     by_language: dict[str, list[Mapping[str, Any]]] = {}
+    by_bucket: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         by_language.setdefault(record["bucket_id"].split("|")[0], []).append(record)
+        by_bucket.setdefault(record["bucket_id"], []).append(record)
     buckets = sorted({record["bucket_id"] for record in records})
-    text_kinds = [k for k in kinds if not k.startswith("move_") and k != "relabel"] or ["repeat"]
+    text_kinds = [k for k in kinds if k in ("repeat", "truncate", "degenerate", "shuffle")] or ["repeat"]
     functions = {"repeat": repeat, "truncate": truncate, "degenerate": degenerate, "shuffle": shuffle}
     out = []
     for index, record in enumerate(records):
@@ -127,7 +131,11 @@ def corrupt_records(
                 donors = [r for r in by_language[language] if r["bucket_id"] != record["bucket_id"]]
             elif kind == "move_language":
                 donors = [r for lang, rows in by_language.items() if lang != language for r in rows]
-            if kind.startswith("move_") and donors:
+            elif kind == "swap":  # another answer, not an exact copy of this one
+                donors = [
+                    r for r in by_bucket[record["bucket_id"]] if str(r["response"]) != str(record["response"])
+                ]
+            if (kind.startswith("move_") or kind == "swap") and donors:
                 donor = donors[rng.randrange(len(donors))]
                 out.append(Corrupted(str(donor["response"]), record["bucket_id"], kind, record["id"]))
                 continue
@@ -137,7 +145,7 @@ def corrupt_records(
                     Corrupted(str(record["response"]), others[rng.randrange(len(others))], kind, record["id"])
                 )
                 continue
-            if kind.startswith("move_") or kind == "relabel":
+            if kind.startswith("move_") or kind in ("relabel", "swap"):
                 kind = text_kinds[rng.randrange(len(text_kinds))]
             text = functions[kind](str(record["response"]), rng)
             out.append(Corrupted(text, record["bucket_id"], kind, record["id"]))

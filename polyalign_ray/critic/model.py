@@ -1,5 +1,5 @@
-"""The critic network: [bucket embedding | text representation | boundary n-grams | standardized hand features]
--> MLP -> softplus, a non-negative estimate of d(x, b)."""
+"""The critic network: [bucket embedding | text representation | boundary n-grams | prompt x answer interaction |
+standardized hand, support and prompt statistics] -> MLP -> softplus, a non-negative estimate of d(x, b)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class CriticModel(nn.Module):
         hidden_dim: int,
         hash_buckets: int = 0,
         boundary_dim: int = 0,
+        prompt_interaction: bool = False,
     ):
         super().__init__()
         self.support_tables = None
@@ -31,9 +32,15 @@ class CriticModel(nn.Module):
             if hash_buckets and boundary_dim
             else None
         )
+        # The prompt's n-grams embedded with the answer's own table, multiplied elementwise with the answer's
+        # embedding: a learned relevance (a dot product the MLP can weigh per dimension) without a second table.
+        self.prompt_interaction = bool(prompt_interaction and self.ngram_embedding is not None)
         self.mlp = nn.Sequential(
             nn.Linear(
-                bucket_dim + text_dim + (boundary_dim if self.boundary_embedding else 0) + num_features,
+                bucket_dim
+                + text_dim * (2 if self.prompt_interaction else 1)
+                + (boundary_dim if self.boundary_embedding else 0)
+                + num_features,
                 hidden_dim,
             ),
             nn.GELU(),
@@ -52,8 +59,12 @@ class CriticModel(nn.Module):
         text_vectors: torch.Tensor | None = None,
         boundary_ids: torch.Tensor | None = None,
         boundary_offsets: torch.Tensor | None = None,
+        prompt_ngram_ids: torch.Tensor | None = None,
+        prompt_ngram_offsets: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predicted distances, shape (B,), all >= 0."""
+        """Predicted distances, shape (B,), all >= 0. ``prompt_mask`` (B,) is 0 where no prompt was given: the
+        interaction is then 0, as in training examples whose prompt was withheld."""
         if self.ngram_embedding is not None:
             text = self.ngram_embedding(ngram_ids, ngram_offsets)
         else:
@@ -61,5 +72,8 @@ class CriticModel(nn.Module):
         parts = [self.bucket_embedding(bucket_ids), text]
         if self.boundary_embedding is not None:
             parts.append(self.boundary_embedding(boundary_ids, boundary_offsets))
+        if self.prompt_interaction:
+            prompt = self.ngram_embedding(prompt_ngram_ids, prompt_ngram_offsets)
+            parts.append(prompt * text * prompt_mask.unsqueeze(-1))
         hidden = torch.cat([*parts, features], dim=-1)
         return nn.functional.softplus(self.mlp(hidden).squeeze(-1))

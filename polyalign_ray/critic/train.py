@@ -27,6 +27,13 @@ from polyalign_ray.config import CriticConfig
 from polyalign_ray.critic.corruptions import Corrupted
 from polyalign_ray.critic.encoders import FrozenLMEncoder, boundary_id_arrays, ngram_batch, ngram_id_arrays
 from polyalign_ray.critic.model import CriticModel
+from polyalign_ray.critic.prompts import (
+    PROMPT_FEATURE_NAMES,
+    PromptRecord,
+    prompt_features,
+    prompt_ngram_text,
+    prompt_view,
+)
 from polyalign_ray.critic.support import (
     SUPPORT_FEATURE_NAMES,
     SUPPORT_FILE,
@@ -36,6 +43,7 @@ from polyalign_ray.critic.support import (
 )
 from polyalign_ray.features import FEATURE_NAMES, features_matrix
 from polyalign_ray.references import ReferenceSet
+from polyalign_ray.schema import stable_fraction
 
 BUNDLE_META = "critic.json"
 MIN_GATED_CORRUPTIONS = 20
@@ -58,6 +66,8 @@ class CriticExample:
     heldout: bool
     kind: str = ""
     """``human``, ``model`` (a policy sample) or a corruption kind (``critic/corruptions.py``)."""
+    prompt: PromptRecord | None = None
+    """The prompt the answer is scored under (critic/prompts.py): its record's, for a corrupted answer too."""
 
 
 def build_critic_examples(
@@ -78,6 +88,7 @@ def build_critic_examples(
     to those targets rewards exactly the answers a policy should not learn to write."""
     rows: list[tuple[str, str, str, bool, bool, str]] = []
     split_of = {record["id"]: record["split"] for record in records}
+    prompt_of = {record["id"]: prompt_view(record) for record in records}
     for record in records:
         held = record["split"] != "train"
         rows.append((record["response"], record["bucket_id"], record["id"], True, held, "human"))
@@ -98,7 +109,7 @@ def build_critic_examples(
             ]
         )
     return [
-        CriticExample(text, bucket, float(d), group, human, held, kind)
+        CriticExample(text, bucket, float(d), group, human, held, kind, prompt_of[group])
         for (text, bucket, group, human, held, kind), d in zip(rows, targets, strict=True)
     ]
 
@@ -130,6 +141,10 @@ class CriticInputs:
     """Hashed n-gram ids per text (``critic.encoder=hashed_ngrams``)."""
     boundary_ids: list[np.ndarray] | None = None
     """Hashed ids of how each text starts and ends (``critic.boundary_ngrams``)."""
+    prompt_ngram_ids: list[np.ndarray] | None = None
+    """Hashed n-gram ids of each answer's prompt (``critic.use_prompt`` with hashed n-grams)."""
+    prompt_mask: torch.Tensor | None = None
+    """1 where the answer's prompt was given, 0 where not."""
 
     def batch(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
         index_t = torch.as_tensor(index, dtype=torch.long)
@@ -140,6 +155,11 @@ class CriticInputs:
             out["ngram_ids"], out["ngram_offsets"] = ngram_batch([self.ngram_ids[i] for i in index])
         if self.boundary_ids is not None:
             out["boundary_ids"], out["boundary_offsets"] = ngram_batch([self.boundary_ids[i] for i in index])
+        if self.prompt_ngram_ids is not None:
+            out["prompt_ngram_ids"], out["prompt_ngram_offsets"] = ngram_batch(
+                [self.prompt_ngram_ids[i] for i in index]
+            )
+            out["prompt_mask"] = self.prompt_mask[index_t]
         return out
 
 
@@ -156,11 +176,18 @@ def critic_inputs(
     encoder: FrozenLMEncoder | None = None,
     support: SupportTables | None = None,
     support_features: np.ndarray | None = None,
+    prompts: Sequence[PromptRecord | None] | None = None,
 ) -> CriticInputs:
     """Network inputs for texts in buckets, with the statistics of ``meta`` (the bundle's, at scoring time).
 
     With ``meta["support"]`` the support statistics (critic/support.py) follow the hand features: computed from
-    ``support`` (the bundle's tables), or given precomputed as ``support_features`` (cross-fitted in training)."""
+    ``support`` (the bundle's tables), or given precomputed as ``support_features`` (cross-fitted in training).
+    With ``meta["prompt"]`` the prompt statistics (critic/prompts.py) follow, and the prompts' n-grams feed the
+    learned interaction; ``prompts`` (or any item of it) may be None: the critic then scores the answer alone."""
+    if prompts is None:
+        prompts = [None] * len(texts)
+    if len(prompts) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(prompts)} prompts")
     vocab = meta["buckets"]
     unknown = len(vocab)
     bucket_ids = torch.tensor([vocab.get(b, unknown) for b in buckets], dtype=torch.long)
@@ -187,6 +214,14 @@ def critic_inputs(
                 support_features, np.asarray(meta["support_mean"]), np.asarray(meta["support_std"])
             )
         )
+    if meta.get("prompt", False):  # bundles before prompts have none
+        parts.append(
+            standardize_features(
+                prompt_features(list(texts), list(buckets), list(prompts)),
+                np.asarray(meta["prompt_mean"]),
+                np.asarray(meta["prompt_std"]),
+            )
+        )
     features = torch.cat(parts, dim=-1) if parts else torch.zeros((len(texts), 0), dtype=torch.float32)
     if encoder is not None:
         vectors = torch.as_tensor(encoder.encode(list(texts)), dtype=torch.float32)
@@ -194,12 +229,18 @@ def critic_inputs(
     boundaries = None
     if meta["dims"].get("boundary_dim", 0):
         boundaries = boundary_id_arrays(texts, meta["hash_buckets"])
+    prompt_ids, prompt_mask = None, None
+    if meta["dims"].get("prompt_interaction", False):
+        prompt_ids = ngram_id_arrays([prompt_ngram_text(p) for p in prompts], meta["hash_buckets"])
+        prompt_mask = torch.tensor([0.0 if p is None else 1.0 for p in prompts], dtype=torch.float32)
     return CriticInputs(
         bucket_ids,
         features,
         list(texts),
         ngram_ids=ngram_id_arrays(texts, meta["hash_buckets"]),
         boundary_ids=boundaries,
+        prompt_ngram_ids=prompt_ids,
+        prompt_mask=prompt_mask,
     )
 
 
@@ -210,10 +251,12 @@ def build_critic_model(meta: dict[str, Any]) -> CriticModel:
         bucket_dim=meta["dims"]["bucket_dim"],
         text_dim=meta["dims"]["text_dim"],
         num_features=(len(meta["feature_names"]) if meta["use_features"] else 0)
-        + (len(meta["support_feature_names"]) if meta.get("support", False) else 0),
+        + (len(meta["support_feature_names"]) if meta.get("support", False) else 0)
+        + (len(meta["prompt_feature_names"]) if meta.get("prompt", False) else 0),
         hidden_dim=meta["dims"]["hidden_dim"],
         hash_buckets=meta["hash_buckets"],
         boundary_dim=meta["dims"].get("boundary_dim", 0),  # bundles before boundary n-grams have none
+        prompt_interaction=meta["dims"].get("prompt_interaction", False),
     )
 
 
@@ -302,10 +345,11 @@ def critic_metadata(
     encoder: FrozenLMEncoder | None,
     encoder_model: str,
     train_support: np.ndarray | None = None,
+    train_prompt_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What the bundle's ``critic.json`` holds and the model is built from: the bucket vocabulary, the train
-    statistics of features, support statistics and targets (inputs and outputs are standardized with them), the
-    encoder and sizes."""
+    statistics of features, support and prompt statistics and targets (inputs and outputs are standardized with
+    them), the encoder and sizes."""
     support = {}
     if train_support is not None:
         names = [n for n in SUPPORT_FEATURE_NAMES if n not in config.support_exclude]
@@ -315,9 +359,18 @@ def critic_metadata(
             "support_mean": kept.mean(axis=0).tolist(),
             "support_std": np.maximum(kept.std(axis=0), 1e-6).tolist(),
         }
+    prompt = {}
+    if train_prompt_features is not None:
+        prompt = {
+            "prompt_feature_names": list(PROMPT_FEATURE_NAMES),
+            "prompt_mean": train_prompt_features.mean(axis=0).tolist(),
+            "prompt_std": np.maximum(train_prompt_features.std(axis=0), 1e-6).tolist(),
+        }
     return {
         "support": train_support is not None,
         **support,
+        "prompt": train_prompt_features is not None,
+        **prompt,
         "version": 1,
         "encoder": config.encoder,
         "encoder_model": encoder_model,
@@ -334,6 +387,7 @@ def critic_metadata(
             "text_dim": config.embedding_dim if encoder is None else encoder.dim,
             "hidden_dim": config.hidden_dim,
             "boundary_dim": config.boundary_dim if encoder is None else 0,
+            "prompt_interaction": config.use_prompt and encoder is None,
         },
     }
 
@@ -432,6 +486,27 @@ def gate_failures(summary: dict[str, Any], config: CriticConfig) -> tuple[list[s
     return failures, notes
 
 
+PROMPT_ONLY_KINDS = ("swap",)
+"""Corruption kinds that only the prompt shows (another answer of the same bucket): without it they read as human."""
+
+
+def withhold_prompts(examples: Sequence[CriticExample], share: float, seed: int) -> list[CriticExample]:
+    """The examples with the prompt of a seeded ``share`` of prompts withheld (whole groups: a human answer and
+    its SFT samples and corrupted copies together), so the critic also learns to score answers given alone.
+    Corrupted answers of :data:`PROMPT_ONLY_KINDS` in those groups are left out: without the prompt nothing
+    tells them from the answer they replace, and the ranking hinge would only learn noise."""
+    out = []
+    for example in examples:
+        # salted: critic_records picks the train prompts by stable_fraction(id, seed) itself, so the unsalted
+        # fraction of every chosen prompt is small and the whole train set would be withheld
+        if share > 0 and stable_fraction(f"withhold-prompt:{example.group}", seed) < share:
+            if example.kind not in PROMPT_ONLY_KINDS:
+                out.append(dataclasses.replace(example, prompt=None))
+        else:
+            out.append(example)
+    return out
+
+
 def train_critic(
     examples: Sequence[CriticExample],
     config: CriticConfig,
@@ -449,8 +524,15 @@ def train_critic(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    train = [e for e in examples if not e.heldout]
-    heldout = [e for e in examples if e.heldout]
+    # Without critic.use_prompt every prompt is withheld; with it, the held-out gates see every prompt.
+    train = withhold_prompts(
+        [e for e in examples if not e.heldout],
+        config.prompt_dropout if config.use_prompt else 1.0,
+        config.seed,
+    )
+    heldout = withhold_prompts(
+        [e for e in examples if e.heldout], 0.0 if config.use_prompt else 1.0, config.seed
+    )
     if not train or not heldout:
         raise CriticQualityError("the critic needs train and held-out (val) examples; check the data splits")
     targets = np.asarray([e.target for e in train], dtype=np.float64)
@@ -474,6 +556,11 @@ def train_critic(
         encoder=encoder,
         encoder_model=encoder_model,
         train_support=train_support,
+        train_prompt_features=(
+            prompt_features([e.text for e in train], [e.bucket for e in train], [e.prompt for e in train])
+            if config.use_prompt
+            else None
+        ),
     )
     model = build_critic_model(meta)
     model.support_tables = support
@@ -487,6 +574,7 @@ def train_critic(
             encoder=encoder,
             support=support,
             support_features=support_features,
+            prompts=[e.prompt for e in split],
         )
 
     inputs = inputs_of(train, train_support)
@@ -509,6 +597,11 @@ def train_critic(
         **quality_report(train_pred[plain_train], split_kinds(train), prefix="train_"),
         **corruption_report(heldout_pred, heldout, prefix="heldout_"),
     }
+    if config.use_prompt:  # what callers that pass no prompt get (not gated: the gates are on the full input)
+        alone = withhold_prompts(heldout, 1.0, config.seed)
+        summary.update(
+            corruption_report(predict(model, inputs_of(alone)), alone, prefix="heldout_no_prompt_")
+        )
     summary["heldout_spread_ratio"] = summary["heldout_prediction_std"] / max(
         summary["heldout_target_std"], 1e-12
     )

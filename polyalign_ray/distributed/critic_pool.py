@@ -10,7 +10,7 @@ blocks on the oldest one beyond it (backpressure), so a fast producer cannot flo
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,16 @@ class CriticPool:
         self.submitted = 0
         self.collected = 0
 
-    def submit(self, texts: Sequence[str], buckets: Sequence[str]) -> int:
-        """Queue one batch; returns its ticket. Blocks while ``max_in_flight`` batches are outstanding."""
-        return self._enqueue(lambda actor: actor.score.remote(list(texts), list(buckets)))
+    def submit(
+        self,
+        texts: Sequence[str],
+        buckets: Sequence[str],
+        prompts: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> int:
+        """Queue one batch (``prompts``: optional, as ``CriticScorer.score`` takes them); returns its ticket.
+        Blocks while ``max_in_flight`` batches are outstanding."""
+        prompt_list = list(prompts) if prompts is not None else None
+        return self._enqueue(lambda actor: actor.score.remote(list(texts), list(buckets), prompt_list))
 
     def submit_rollout(self, rollout: ray.ObjectRef) -> int:
         """Queue the scoring of a rollout batch that may still be generating (``rollout`` is the generator's
@@ -109,13 +116,24 @@ class CriticPool:
             self.collected += 1
             yield self._done.popleft()
 
-    def score(self, texts: Sequence[str], buckets: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    def score(
+        self,
+        texts: Sequence[str],
+        buckets: Sequence[str],
+        prompts: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        batch_size: int = 64,
+    ) -> np.ndarray:
         """Score many items through the pool (submitted in batches, collected in order)."""
         if self._in_flight or self._done:
             raise RuntimeError("score() needs an idle pool: collect earlier submissions with results() first")
         out: list[np.ndarray] = []
         for start in range(0, len(texts), batch_size):
-            self.submit(texts[start : start + batch_size], buckets[start : start + batch_size])
+            self.submit(
+                texts[start : start + batch_size],
+                buckets[start : start + batch_size],
+                prompts[start : start + batch_size] if prompts is not None else None,
+            )
             while self._done:
                 out.append(self._done.popleft()[1])
                 self.collected += 1

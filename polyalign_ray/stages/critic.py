@@ -115,7 +115,8 @@ def run_critic_stage(config: PolyAlignConfig) -> dict[str, Any]:
 
 
 def read_rows(path: Path) -> pa.Table:
-    """Rows to score: a JSONL/JSON file or a Parquet file/folder with ``bucket_id`` and ``response`` (or ``text``)."""
+    """Rows to score: a JSONL/JSON file or a Parquet file/folder with ``bucket_id`` and ``response`` (or ``text``),
+    and optionally the prompt (``prompt``, ``history``, ``context``: critic/prompts.py)."""
     if path.is_dir() or path.suffix == ".parquet":
         return pa.concat_tables(
             [pq.read_table(p) for p in ([path] if path.is_file() else sorted(path.glob("*.parquet")))]
@@ -126,7 +127,7 @@ def read_rows(path: Path) -> pa.Table:
 
 def run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output_path: str) -> int:
     """``polyalign score``: critic distances for every row of a file, through the actor pool; returns the count."""
-    from polyalign_ray.critic.scorer import SCORE_COLUMN
+    from polyalign_ray.critic.scorer import SCORE_COLUMN, prompts_of_table
     from polyalign_ray.distributed.critic_pool import CriticPool
 
     table = read_rows(Path(input_path))
@@ -138,7 +139,9 @@ def run_score(config: PolyAlignConfig, critic_dir: str, input_path: str, output_
         )
     cfg = config.critic
     with CriticPool.from_config(critic_dir, cfg) as pool:
-        scores = pool.score(table[text_column].to_pylist(), table["bucket_id"].to_pylist())
+        scores = pool.score(
+            table[text_column].to_pylist(), table["bucket_id"].to_pylist(), prompts_of_table(table)
+        )
     rows = table.append_column(SCORE_COLUMN, pa.array(scores)).to_pylist()
     write_jsonl(Path(output_path), rows)
     return len(rows)

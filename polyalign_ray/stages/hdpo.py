@@ -27,6 +27,7 @@ import torch
 from polyalign_ray.config import ModelConfig, PolyAlignConfig, config_from_dict, config_to_dict
 from polyalign_ray.corpus.prepare import write_jsonl
 from polyalign_ray.corpus.tables import load_split
+from polyalign_ray.critic.prompts import prompt_view
 from polyalign_ray.hdpo_data import (
     InMemoryPairs,
     PairStore,
@@ -84,9 +85,16 @@ scoring them here (the demo's 1,090 answers: about 1 s). Larger sets, and critic
 model, go to the pool, which spreads them over the cluster's actors."""
 
 
-def critic_distances(critic_dir: str, critic: Any, texts: list[str], buckets: list[str]) -> list[float]:
-    """The critic's distance of each answer in its bucket: in the driver for small hashed-n-gram jobs, else by the
-    critic actor pool (the same scores either way: the pool's actors run the same ``CriticScorer``)."""
+def critic_distances(
+    critic_dir: str,
+    critic: Any,
+    texts: list[str],
+    buckets: list[str],
+    prompts: list[dict[str, Any]] | None = None,
+) -> list[float]:
+    """The critic's distance of each answer in its bucket (under its prompt, critic/prompts.py): in the driver for
+    small hashed-n-gram jobs, else by the critic actor pool (the same scores either way: the pool's actors run
+    the same ``CriticScorer``)."""
     from polyalign_ray.critic.train import BUNDLE_META
 
     meta = json.loads((Path(critic_dir) / BUNDLE_META).read_text(encoding="utf-8"))
@@ -94,11 +102,11 @@ def critic_distances(critic_dir: str, critic: Any, texts: list[str], buckets: li
         from polyalign_ray.critic.scorer import CriticScorer
 
         # num_threads=0: the driver's torch thread count is left as it is
-        return [float(d) for d in CriticScorer(critic_dir, num_threads=0).score(texts, buckets)]
+        return [float(d) for d in CriticScorer(critic_dir, num_threads=0).score(texts, buckets, prompts)]
     from polyalign_ray.distributed.critic_pool import CriticPool
 
     with CriticPool.from_config(critic_dir, critic) as pool:
-        return [float(d) for d in pool.score(texts, buckets)]
+        return [float(d) for d in pool.score(texts, buckets, prompts)]
 
 
 def build_offline_pairs(
@@ -130,7 +138,10 @@ def build_offline_pairs(
     if not pairs:
         raise ValueError(f"no offline HDPO pair could be built: {counts}")
     texts = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    distances = critic_distances(critic_dir, config.critic, texts, [p["bucket_id"] for p in pairs] * 2)
+    prompts = [prompt_view(p) for p in pairs]
+    distances = critic_distances(
+        critic_dir, config.critic, texts, [p["bucket_id"] for p in pairs] * 2, prompts * 2
+    )
     chosen_distance, rejected_distance = distances[: len(pairs)], distances[len(pairs) :]
     weights = offline_pair_weights(
         pairs, chosen_distance, rejected_distance, hdpo, train_bucket_counts(config)

@@ -49,6 +49,13 @@ def test_killed_actor_loses_nothing_and_scores_nothing_twice(ray_session, bundle
         # the restarted actor serves new work
         again = pool.score(texts[:50], buckets[:50], batch_size=5)
         assert np.allclose(again, expected[:50], atol=1e-6)
+        # prompts travel with their batch to the actors (critic.use_prompt)
+        prompts = [{"prompt": f"about answer {i}", "history": []} for i in range(50)]
+        with_prompts = pool.score(texts[:50], buckets[:50], prompts, batch_size=5)
+        assert np.allclose(
+            with_prompts, CriticScorer(bundle).score(texts[:50], buckets[:50], prompts), atol=1e-6
+        )
+        assert not np.allclose(with_prompts, expected[:50], atol=1e-6)
 
 
 def test_backpressure_bounds_work_in_flight(ray_session, bundle: Path) -> None:

@@ -86,11 +86,19 @@ def test_bundle_round_trip_scores_like_training(tmp_path: Path) -> None:
     save_critic_bundle(tmp_path, model, meta, summary, references)
     scorer = CriticScorer(tmp_path)
     heldout = [e for e in examples if e.heldout]
-    scores = scorer.score([e.text for e in heldout], [e.bucket for e in heldout])
+    # the held-out gates score every answer under its prompt (critic.use_prompt), and so does the bundle here
+    scores = scorer.score([e.text for e in heldout], [e.bucket for e in heldout], [e.prompt for e in heldout])
     assert (scores >= 0).all()
     assert spearman(scores, targets(heldout)) == pytest.approx(summary["heldout_spearman"], abs=1e-9)
     table = scorer(
-        pa.table({"response": [e.text for e in heldout[:3]], "bucket_id": [e.bucket for e in heldout[:3]]})
+        pa.table(
+            {
+                "response": [e.text for e in heldout[:3]],
+                "bucket_id": [e.bucket for e in heldout[:3]],
+                "prompt": [e.prompt["prompt"] for e in heldout[:3]],
+                "history": [e.prompt["history"] for e in heldout[:3]],
+            }
+        )
     )
     # fp32 over a batch of 3 vs all held-out rows: matmul blocking differs, so equal to ~1e-6 relative, not bitwise
     assert table[SCORE_COLUMN].to_pylist() == pytest.approx(scores[:3].tolist(), rel=1e-5, abs=1e-7)
@@ -121,7 +129,9 @@ def test_frozen_lm_encoder_critic_round_trip(tmp_path: Path) -> None:
     assert np.isfinite(summary["heldout_spearman"])
     save_critic_bundle(tmp_path / "bundle", model, meta, summary, references)
     heldout = [e for e in examples if e.heldout]
-    scores = CriticScorer(tmp_path / "bundle").score([e.text for e in heldout], [e.bucket for e in heldout])
+    scores = CriticScorer(tmp_path / "bundle").score(
+        [e.text for e in heldout], [e.bucket for e in heldout], [e.prompt for e in heldout]
+    )
     assert spearman(scores, targets(heldout)) == pytest.approx(summary["heldout_spearman"], abs=1e-6)
     with pytest.raises(ValueError, match="frozen_lm"):
         train_critic(examples, config)
@@ -248,6 +258,10 @@ def test_offline_pairs_are_scored_in_the_driver_when_few_and_by_the_pool_when_ma
     scored = hdpo.critic_distances(str(tmp_path), SMALL, texts, buckets)
     assert torch.get_num_threads() == threads
     assert scored == pytest.approx(CriticScorer(tmp_path, num_threads=0).score(texts, buckets).tolist())
+    prompts = [e.prompt for e in examples[:10]]  # the pairs' prompts reach the critic
+    assert hdpo.critic_distances(str(tmp_path), SMALL, texts, buckets, prompts) == pytest.approx(
+        CriticScorer(tmp_path, num_threads=0).score(texts, buckets, prompts).tolist()
+    )
 
     pooled: list[int] = []
 
@@ -262,7 +276,7 @@ def test_offline_pairs_are_scored_in_the_driver_when_few_and_by_the_pool_when_ma
         def __exit__(self, *exc):
             pass
 
-        def score(self, texts, buckets):
+        def score(self, texts, buckets, prompts=None):
             pooled.append(len(texts))
             return [0.5] * len(texts)
 
