@@ -174,3 +174,32 @@ def test_sft_scaling_runs(tmp_path: Path) -> None:
     assert [(r["workers"], r["zero_stage"], r["steps"]) for r in runs] == [(1, 0, 3)], rows
     assert runs[0]["tokens_per_s"] > 0 and runs[0]["fit_wall_s"] >= runs[0]["loop_wall_s"]
     assert rows[-1].get("summary") and "1:0" in report.read_text()
+
+
+@pytest.mark.ray
+def test_hdpo_online_runs(tmp_path: Path) -> None:
+    """Offline and online HDPO on a tiny setup (prepare, a 2-step SFT, a critic without gates), 3 steps each, one
+    worker, and the generator probe: the online path through the bench (rollouts, critic pool, pairs) runs."""
+    lines, report = tmp_path / "online.jsonl", tmp_path / "online.md"
+    tiny = [
+        "model.builtin_hidden_size=32",
+        "model.builtin_intermediate_size=64",
+        "model.builtin_vocab_size=512",
+        "critic.epochs=2",
+        "critic.hash_buckets=4096",
+        "critic.min_spearman=-1",
+        "critic.min_prediction_std_ratio=0",
+        "critic.min_corruption_farther_rate=0",
+    ]
+    run_bench(
+        "hdpo_online.py", "--variants", "offline,online", "--steps", "3", "--exclude", "1", "--workers", "1",
+        "--micro-batch-size", "2", "--max-per-bucket", "8", "--max-prompts", "16", "--max-new-tokens", "8",
+        "--sft-steps", "2", "--probe-batches", "1", "--probe-k", "2", "--retries", "0",
+        "--work", str(tmp_path / "work"), "--jsonl", str(lines), "--report", str(report),
+        *[arg for t in tiny for arg in ("--set", t)],
+    )  # fmt: skip
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    runs = {r["variant"]: r for r in rows if "variant" in r}
+    assert set(runs) == {"offline", "online"}, rows
+    assert all(r["step_s_median"] > 0 for r in runs.values())
+    assert "| offline |" in report.read_text() and "| online |" in report.read_text()
