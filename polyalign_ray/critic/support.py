@@ -20,6 +20,11 @@ cheap and exact, so the critic gets the counts instead of having to learn them f
   one in human answers, as a log rate ("Edwi", "Bla", "it mea": "dwi", "bla", "mea" nearly always continue; "你"
   seldom ends a run). Rare words are common in answers (names, in QA), so whether the last word was seen says
   less than whether it *ends* like a word. 0 (a complete word) when the answer ends in a space or punctuation.
+- ``last_word_end_rate``: the same question for the whole last word of an alphabetic script: how often human
+  answers use it as a complete word rather than as the start of a longer one, as a log rate ("littl", "certai",
+  "happenin" only ever start "little", "certain", "happening": very low; a name no answer used, "Mussolini", is
+  neither: log(1/2); "the": high). A cut through a common word is what a token budget leaves; the letter pieces
+  above see only its last letters, which often also end words ("tl" no, but "mea", "ai", "ick" sometimes do).
 - ``length_below_bin`` and ``length_above_bin``: how far (in log length tokens) the answer lies below or above its
   bucket's length bin. A bucket's bin is defined by its human answers' length, so every one of them lies inside
   it: an answer outside is outside human support by construction (a medium answer cut to a third, an answer
@@ -56,10 +61,13 @@ SUPPORT_FEATURE_NAMES: tuple[str, ...] = (
     "word_end_rate_3",
     "length_below_bin",
     "length_above_bin",
+    "last_word_end_rate",
 )
 SUPPORT_FILE = "support.npz"
 GRAM_HASH_BUCKETS = 1 << 15
 WORD_HASH_BUCKETS = 1 << 16
+PREFIX_HASH_BUCKETS = 1 << 18
+"""Word prefixes are many (every word of n letters has n - 1), so their table is larger than the words'."""
 SMOOTHING = 0.5
 """Additive smoothing of the naive Bayes counts (a gram never seen in a family gets half a count)."""
 CROSS_FIT_FOLDS = 5
@@ -149,6 +157,16 @@ def word_piece_ids(word: str) -> tuple[list[int], list[int]]:
     return final, inner
 
 
+def prefix_id(prefix: str) -> int:
+    """Hashed proper prefix of a word (marked, so a prefix never shares a key with the same letters as a word)."""
+    return _hash(f"p{prefix}", PREFIX_HASH_BUCKETS)
+
+
+def proper_prefix_ids(word: str) -> list[int]:
+    """Hashed prefixes of ``word`` that are shorter than it: what a cut through this word could leave."""
+    return [prefix_id(word[:n]) for n in range(1, len(word))]
+
+
 def support_columns(matrix: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """The columns of a (rows, len(SUPPORT_FEATURE_NAMES)) statistics matrix named by ``names``, in that order."""
     return matrix[:, [SUPPORT_FEATURE_NAMES.index(n) for n in names]]
@@ -175,6 +193,10 @@ class SupportTables:
     """(WORD_HASH_BUCKETS,) word occurrences ending in each hashed 1-3 letter piece."""
     word_inner_counts: np.ndarray
     """(WORD_HASH_BUCKETS,) occurrences of each hashed 1-3 letter piece followed by another letter."""
+    word_prefix_counts: np.ndarray
+    """(PREFIX_HASH_BUCKETS,) word occurrences (alphabetic scripts) that each hashed proper prefix starts."""
+    word_occurrences: np.ndarray
+    """(WORD_HASH_BUCKETS,) occurrences of each hashed complete word (alphabetic scripts)."""
 
     @classmethod
     def fit(cls, texts: Sequence[str], buckets: Sequence[str]) -> SupportTables:
@@ -185,16 +207,22 @@ class SupportTables:
         words = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
         final = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
         inner = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
+        prefixes = np.zeros(PREFIX_HASH_BUCKETS, dtype=np.float64)
+        occurrences = np.zeros(WORD_HASH_BUCKETS, dtype=np.float64)
         for text, bucket in zip(texts, buckets, strict=True):
             np.add.at(grams[index[bucket_family(bucket)]], family_gram_ids(text), 1.0)
             endings[np.arange(3), ending_ids(text)] += 1.0
-            seen = {_hash(w, WORD_HASH_BUCKETS) for w in latin_words(text)}
+            latin = latin_words(text)
+            seen = {_hash(w, WORD_HASH_BUCKETS) for w in latin}
             words[list(seen)] += 1.0
+            for word in latin:
+                occurrences[_hash(word, WORD_HASH_BUCKETS)] += 1.0
+                np.add.at(prefixes, proper_prefix_ids(word), 1.0)
             for word in word_runs(text):
                 final_ids, inner_ids = word_piece_ids(word)
                 np.add.at(final, final_ids, 1.0)
                 np.add.at(inner, inner_ids, 1.0)
-        return cls(families, grams, endings, words, len(texts), final, inner)
+        return cls(families, grams, endings, words, len(texts), final, inner, prefixes, occurrences)
 
     def features(self, texts: Sequence[str], buckets: Sequence[str]) -> np.ndarray:
         """(len(texts), len(SUPPORT_FEATURE_NAMES)) support statistics of each text in its bucket."""
@@ -224,7 +252,19 @@ class SupportTables:
                 out[row, 6] = float(counts[-1] == 0)
             out[row, 7:9] = self.word_end_rates(text)
             out[row, 9:11] = length_bin_excess(text, bucket)
+            out[row, 11] = self.last_word_end_rate(text)
         return out
+
+    def last_word_end_rate(self, text: str) -> float:
+        """log((complete + 1/2) / (complete + prefix + 1)) of the alphabetic word the text ends inside of, where
+        complete counts its occurrences as a word and prefix the words it starts; 0 when the text ends outside
+        a word or in a Han run (a Chinese character is a word of its own)."""
+        word = ending_word(text)
+        if word is None or _HAN.search(word):
+            return 0.0
+        complete = self.word_occurrences[_hash(word, WORD_HASH_BUCKETS)]
+        prefix = self.word_prefix_counts[prefix_id(word)]
+        return math.log((complete + 0.5) / (complete + prefix + 1.0))
 
     def word_end_rates(self, text: str) -> tuple[float, float]:
         """log((final + 1/2) / (final + inner + 1)) of the last 2 and 3 letters (fewer in a shorter word) of the
@@ -249,6 +289,8 @@ class SupportTables:
             answers=np.asarray(self.answers),
             word_final_counts=self.word_final_counts.astype(np.float32),
             word_inner_counts=self.word_inner_counts.astype(np.float32),
+            word_prefix_counts=self.word_prefix_counts.astype(np.float32),
+            word_occurrences=self.word_occurrences.astype(np.float32),
         )
 
     @classmethod
@@ -262,8 +304,13 @@ class SupportTables:
                 int(data["answers"]),
                 # tables saved before these counts existed: the statistics from them are not fed to that critic
                 *(
-                    data[name].astype(np.float64) if name in data.files else np.zeros(WORD_HASH_BUCKETS)
-                    for name in ("word_final_counts", "word_inner_counts")
+                    data[name].astype(np.float64) if name in data.files else np.zeros(size)
+                    for name, size in (
+                        ("word_final_counts", WORD_HASH_BUCKETS),
+                        ("word_inner_counts", WORD_HASH_BUCKETS),
+                        ("word_prefix_counts", PREFIX_HASH_BUCKETS),
+                        ("word_occurrences", WORD_HASH_BUCKETS),
+                    )
                 ),
             )
 

@@ -91,6 +91,27 @@ def test_word_end_rates_by_hand() -> None:
         assert rate.tolist() == pytest.approx([math.log(e) for e in expected])
 
 
+def test_last_word_end_rate_by_hand() -> None:
+    """Human answers "the little cat." and "a little theme". Complete words: the 1, little 2, cat 1, a 1, theme 1;
+    proper prefixes: "littl" starts 2 words (little twice), "the" starts 1 (theme), "th" 2 (the, theme), "c" 1.
+    The rate is log((complete + 1/2) / (complete + prefix + 1)): "littl" log(0.5 / 3), "the" log(1.5 / 3), "cat"
+    log(1.5 / 2), "th" log(0.5 / 3), a word neither seen nor started ("zebra") log(0.5 / 1), an answer ending
+    outside a word, and one ending in a Han run, 0."""
+    tables = SupportTables.fit(["the little cat.", "a little theme"], [QA, QA])
+    texts = ["it was littl", "the", "a cat", "th", "zebra", "littl.", "好"]
+    rates = tables.features(texts, [QA] * len(texts))[:, column("last_word_end_rate")]
+    expected = [
+        math.log(0.5 / 3),
+        math.log(1.5 / 3),
+        math.log(1.5 / 2),
+        math.log(0.5 / 3),
+        math.log(0.5),
+        0,
+        0,
+    ]
+    assert rates.tolist() == pytest.approx(expected)
+
+
 def test_length_outside_the_bucket_bin_by_hand() -> None:
     """Bins hold 1-40 (short), 41-120 (medium), 121-240 (long), 241+ (xlong) length tokens. Three words in a
     medium bucket fall 41 - 3 short: log(1 + 41) - log(1 + 3); 45 words in a short bucket exceed it by
