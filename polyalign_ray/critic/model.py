@@ -65,15 +65,24 @@ class CriticModel(nn.Module):
     ) -> torch.Tensor:
         """Predicted distances, shape (B,), all >= 0. ``prompt_mask`` (B,) is 0 where no prompt was given: the
         interaction is then 0, as in training examples whose prompt was withheld."""
-        if self.ngram_embedding is not None:
+        prompt = None
+        if self.prompt_interaction:
+            # the answers' and the prompts' bags in one call: the table then makes one dense gradient per step,
+            # not two (the n-gram table is most of the critic's weights and its gradient most of a step)
+            rows = ngram_offsets.numel()
+            both = self.ngram_embedding(
+                torch.cat([ngram_ids, prompt_ngram_ids]),
+                torch.cat([ngram_offsets, prompt_ngram_offsets + ngram_ids.numel()]),
+            )
+            text, prompt = both[:rows], both[rows:]
+        elif self.ngram_embedding is not None:
             text = self.ngram_embedding(ngram_ids, ngram_offsets)
         else:
             text = text_vectors
         parts = [self.bucket_embedding(bucket_ids), text]
         if self.boundary_embedding is not None:
             parts.append(self.boundary_embedding(boundary_ids, boundary_offsets))
-        if self.prompt_interaction:
-            prompt = self.ngram_embedding(prompt_ngram_ids, prompt_ngram_offsets)
+        if prompt is not None:
             parts.append(prompt * text * prompt_mask.unsqueeze(-1))
         hidden = torch.cat([*parts, features], dim=-1)
         return nn.functional.softplus(self.mlp(hidden).squeeze(-1))

@@ -177,13 +177,15 @@ def critic_inputs(
     support: SupportTables | None = None,
     support_features: np.ndarray | None = None,
     prompts: Sequence[PromptRecord | None] | None = None,
+    hand_features: np.ndarray | None = None,
 ) -> CriticInputs:
     """Network inputs for texts in buckets, with the statistics of ``meta`` (the bundle's, at scoring time).
 
     With ``meta["support"]`` the support statistics (critic/support.py) follow the hand features: computed from
     ``support`` (the bundle's tables), or given precomputed as ``support_features`` (cross-fitted in training).
     With ``meta["prompt"]`` the prompt statistics (critic/prompts.py) follow, and the prompts' n-grams feed the
-    learned interaction; ``prompts`` (or any item of it) may be None: the critic then scores the answer alone."""
+    learned interaction; ``prompts`` (or any item of it) may be None: the critic then scores the answer alone.
+    ``hand_features``: ``features_matrix(texts)`` when the caller already has it (the slow part: jieba)."""
     if prompts is None:
         prompts = [None] * len(texts)
     if len(prompts) != len(texts):
@@ -195,7 +197,7 @@ def critic_inputs(
     if use_features:
         parts.append(
             standardize_features(
-                features_matrix(list(texts)),
+                features_matrix(list(texts)) if hand_features is None else hand_features,
                 np.asarray(meta["feature_mean"]),
                 np.asarray(meta["feature_std"]),
             )
@@ -548,9 +550,10 @@ def train_critic(
             [e.bucket for e in humans],
             [e.group for e in humans],
         )
+    train_features = features_matrix([e.text for e in train])
     meta = critic_metadata(
         examples,
-        features_matrix([e.text for e in train]),
+        train_features,
         targets,
         config,
         encoder=encoder,
@@ -565,7 +568,11 @@ def train_critic(
     model = build_critic_model(meta)
     model.support_tables = support
 
-    def inputs_of(split: list[CriticExample], support_features: np.ndarray | None = None) -> Any:
+    def inputs_of(
+        split: list[CriticExample],
+        support_features: np.ndarray | None = None,
+        hand_features: np.ndarray | None = None,
+    ) -> Any:
         return critic_inputs(
             [e.text for e in split],
             [e.bucket for e in split],
@@ -575,9 +582,10 @@ def train_critic(
             support=support,
             support_features=support_features,
             prompts=[e.prompt for e in split],
+            hand_features=hand_features,
         )
 
-    inputs = inputs_of(train, train_support)
+    inputs = inputs_of(train, train_support, train_features)
     history = fit_critic(model, inputs, train, targets, meta, config, rng)
 
     heldout_pred = predict(model, inputs_of(heldout))

@@ -135,3 +135,31 @@ def test_tables_carry_prompts_when_they_have_a_prompt_column() -> None:
     assert prompts_of_table(pa.table({"response": ["a"], "bucket_id": [SINGLE]})) is None
     table = pa.table({"response": ["a", "b"], "bucket_id": [SINGLE] * 2, "prompt": ["q", None]})
     assert prompts_of_table(table) == [{"prompt": "q", "history": [], "context": ""}, None]
+
+
+def test_one_embedding_call_for_answers_and_prompts_equals_two() -> None:
+    """The model embeds the answers' and the prompts' n-gram bags in one call (one dense gradient for the table);
+    each bag's mean is its own, so the interaction equals embedding each side alone."""
+    import torch
+
+    from polyalign_ray.critic.model import CriticModel
+
+    torch.manual_seed(0)
+    model = CriticModel(
+        num_buckets=2, bucket_dim=4, text_dim=8, num_features=0, hidden_dim=16, hash_buckets=50,
+        prompt_interaction=True,
+    )  # fmt: skip
+    ids, offsets = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2])
+    prompt_ids, prompt_offsets = torch.tensor([7, 8, 9]), torch.tensor([0, 1])
+    mask = torch.tensor([1.0, 0.0])
+    got = model(
+        torch.tensor([0, 1]), torch.zeros((2, 0)), ngram_ids=ids, ngram_offsets=offsets,
+        prompt_ngram_ids=prompt_ids, prompt_ngram_offsets=prompt_offsets, prompt_mask=mask,
+    )  # fmt: skip
+    text = model.ngram_embedding(ids, offsets)
+    prompt = model.ngram_embedding(prompt_ids, prompt_offsets)
+    hidden = torch.cat(
+        [model.bucket_embedding(torch.tensor([0, 1])), text, prompt * text * mask[:, None]], dim=-1
+    )
+    want = torch.nn.functional.softplus(model.mlp(hidden).squeeze(-1))
+    assert torch.allclose(got, want, atol=1e-6)
