@@ -163,8 +163,19 @@ class CriticInputs:
         return out
 
 
+CONSTANT_STD = 1e-6
+"""The std a column gets when it never varied over the training answers (the floor ``critic_metadata`` applies)."""
+
+
 def standardize_features(matrix: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor((matrix - mean) / std, dtype=torch.float32)
+    """(matrix - mean) / std, with 0 in every column that never varied in training. Such a column (no digits in a
+    chit-chat corpus, no unseen word in a small one) taught the critic nothing, and divided by the floor an answer
+    that differs would enter as a millionfold deviation and saturate the score: it is left out instead."""
+    std = np.asarray(std, dtype=np.float64)
+    constant = std <= CONSTANT_STD
+    standardized = (matrix - mean) / np.where(constant, 1.0, std)
+    standardized[..., constant] = 0.0
+    return torch.as_tensor(standardized, dtype=torch.float32)
 
 
 def critic_inputs(
@@ -359,14 +370,14 @@ def critic_metadata(
         support = {
             "support_feature_names": names,
             "support_mean": kept.mean(axis=0).tolist(),
-            "support_std": np.maximum(kept.std(axis=0), 1e-6).tolist(),
+            "support_std": np.maximum(kept.std(axis=0), CONSTANT_STD).tolist(),
         }
     prompt = {}
     if train_prompt_features is not None:
         prompt = {
             "prompt_feature_names": list(PROMPT_FEATURE_NAMES),
             "prompt_mean": train_prompt_features.mean(axis=0).tolist(),
-            "prompt_std": np.maximum(train_prompt_features.std(axis=0), 1e-6).tolist(),
+            "prompt_std": np.maximum(train_prompt_features.std(axis=0), CONSTANT_STD).tolist(),
         }
     return {
         "support": train_support is not None,
@@ -381,7 +392,7 @@ def critic_metadata(
         "buckets": {b: i for i, b in enumerate(sorted({e.bucket for e in examples}))},
         "feature_names": list(FEATURE_NAMES),
         "feature_mean": train_features.mean(axis=0).tolist(),
-        "feature_std": np.maximum(train_features.std(axis=0), 1e-6).tolist(),
+        "feature_std": np.maximum(train_features.std(axis=0), CONSTANT_STD).tolist(),
         "target_mean": float(targets.mean()),
         "target_std": float(max(targets.std(), 1e-6)),
         "dims": {

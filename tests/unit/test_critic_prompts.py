@@ -163,3 +163,13 @@ def test_one_embedding_call_for_answers_and_prompts_equals_two() -> None:
     )
     want = torch.nn.functional.softplus(model.mlp(hidden).squeeze(-1))
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_feature_that_never_varied_in_training_is_left_out() -> None:
+    """A column whose train std hit the floor (constant) standardizes to 0 for any value: the critic learned
+    nothing from it, and a millionfold deviation would saturate its score."""
+    from polyalign_ray.critic.train import CONSTANT_STD, standardize_features
+
+    matrix = np.asarray([[1.0, 5.0], [3.0, 0.0]])
+    out = standardize_features(matrix, np.asarray([2.0, 0.0]), np.asarray([0.5, CONSTANT_STD])).numpy()
+    assert out.tolist() == [[-2.0, 0.0], [2.0, 0.0]]
