@@ -290,15 +290,15 @@ def train_and_measure(run: Path, label: str, overrides: list[str], seed: int, wo
     name = "".join(c if c.isalnum() else "_" for c in label)
     bundle = work / f"{name}_seed{seed}"
     save_critic_bundle(bundle, model, meta, summary, references)
-    held = held_records(run, rows)
+    altered = alter(held_records(run, rows), seed)
     return {
         "train_seconds": seconds,
         "heldout_spearman": summary["heldout_spearman"],
         **spearman_by_author(bundle, examples),
         "heldout_ranking_accuracy_human_below_model": summary["heldout_ranking_accuracy_human_below_model"],
         "heldout_corrupted_farther_rate": summary.get("heldout_corrupted_farther_rate"),
-        "hand_altered": measure(bundle, alter(held, seed), references),
-        "hand_altered_no_prompt": measure(bundle, alter(held, seed), references, with_prompts=False),
+        "hand_altered": measure(bundle, altered, references),
+        "hand_altered_no_prompt": measure(bundle, altered, references, with_prompts=False),
     }
 
 

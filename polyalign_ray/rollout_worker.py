@@ -126,8 +126,8 @@ class RolloutWorker:
 
     def rollout(self, records: Sequence[Mapping[str, Any]], seed: int) -> dict[str, Any]:
         """Candidates of each prompt with token ids, labels and reference log-probs, plus the flat ``texts``,
-        ``buckets`` and ``text_prompts`` lists the critic scores (in candidate order). Candidates whose answer has no token left after
-        truncation are left out."""
+        ``buckets`` and ``text_prompts`` lists the critic scores (in candidate order). Candidates whose answer has
+        no token left after truncation are left out."""
         started = time.time()
         repeated = [record for _ in range(self.k) for record in records]
         samples = self.backend.generate(repeated, seed * SEED_STRIDE)
@@ -160,9 +160,10 @@ class RolloutWorker:
             "prompts": prompts,
             "texts": [c["text"] for c in flat],
             "buckets": [p["bucket_id"] for p in prompts for _ in p["candidates"]],
+            # one view per prompt, the same object for each of its candidates (pickled once in the rollout)
             "text_prompts": [
-                prompt_view(record)
-                for record, p in zip(records, prompts, strict=True)
+                view
+                for view, p in zip(map(prompt_view, records), prompts, strict=True)
                 for _ in p["candidates"]
             ],
             "started": started,

@@ -113,6 +113,16 @@ def normalize_language_tag(tag: str) -> tuple[str, str | None] | None:
     return LANGUAGE_ALIASES.get(tag.strip().lower().replace("_", "-"))
 
 
+def history_turns(value: Any) -> tuple[dict[str, str], ...]:
+    """A history as stored anywhere (a list or tuple of turns, a numpy array of them from Parquet, a JSON string
+    as some writers store nested columns, None or a blank string for none) as ``{"role", "content"}`` turns."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else []
+    return tuple(
+        {"role": str(t["role"]), "content": str(t["content"])} for t in (value if value is not None else [])
+    )
+
+
 def track_of(history: Sequence[dict[str, str]]) -> str:
     """``multi`` when the history holds at least one earlier assistant turn (so an exchange happened), else
     ``single``. A lone system message or a lone earlier user message is not an exchange."""
@@ -220,13 +230,7 @@ class Record:
     def from_row(cls, row: dict[str, Any]) -> Record:
         """Inverse of :meth:`to_row`; tolerates history given as a JSON string or numpy array of dicts."""
         values = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row}
-        history = values.get("history")
-        if isinstance(history, str):
-            history = json.loads(history)
-        values["history"] = tuple(
-            {"role": str(t["role"]), "content": str(t["content"])}
-            for t in (history if history is not None else [])
-        )
+        values["history"] = history_turns(values.get("history"))
         values["origin_line"] = int(values.get("origin_line", 0) or 0)
         values["length_tokens"] = int(values["length_tokens"])
         values["machine_translated"] = bool(values.get("machine_translated", False))

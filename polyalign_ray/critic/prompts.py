@@ -24,15 +24,14 @@ all qualify. Everything here is a pure function of its inputs.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import regex
 
-from polyalign_ray.schema import track_of
+from polyalign_ray.critic.support import lowercase_words
+from polyalign_ray.schema import history_turns, track_of
 
 PROMPT_FEATURE_NAMES = (
     "prompt_given",
@@ -47,31 +46,21 @@ PROMPT_FEATURE_NAMES = (
 PromptRecord = Mapping[str, Any]
 """``prompt`` (str), optional ``history`` (list of ``{"role", "content"}``) and ``context`` (str)."""
 
-_TOKEN = regex.compile(r"\p{Han}|[\p{L}\p{M}\p{N}']+")
-
-
-def lowercase_tokens(text: str) -> list[str]:
-    """Words and single Han characters, lowercased: what "the answer repeats the question's words" counts."""
-    return [token.lower() for token in _TOKEN.findall(text)]
-
 
 def character_bigrams(text: str) -> set[str]:
     lowered = text.lower()
     return {lowered[i : i + 2] for i in range(len(lowered) - 1)}
 
 
-def history_of(prompt: PromptRecord) -> list[Mapping[str, str]]:
-    """The prompt's earlier turns as a list (a record read from Parquet or JSON may carry None or a tuple)."""
-    history = prompt.get("history")
-    if isinstance(history, str):  # a JSON string, as some writers store nested columns
-        history = json.loads(history) if history.strip() else []
-    return list(history) if history is not None else []
+def history_of(prompt: PromptRecord) -> tuple[dict[str, str], ...]:
+    """The prompt's earlier turns, however the record stores them (``schema.history_turns``)."""
+    return history_turns(prompt.get("history"))
 
 
 def conversation_text(prompt: PromptRecord) -> str:
     """Everything the answer could take its words from: the context, the earlier turns and the last user turn."""
     parts = [str(prompt.get("context") or "")]
-    parts += [str(turn.get("content", "")) for turn in history_of(prompt)]
+    parts += [turn["content"] for turn in history_of(prompt)]
     parts.append(str(prompt.get("prompt") or ""))
     return "\n".join(part for part in parts if part)
 
@@ -89,10 +78,10 @@ def prompt_statistics(text: str, bucket: str, prompt: PromptRecord | None) -> li
     history = history_of(prompt)
     track = bucket_track(bucket)
     mismatch = float(track is not None and track != track_of(history))
-    answer_tokens = lowercase_tokens(text)
-    conversation_tokens = set(lowercase_tokens(conversation_text(prompt)))
+    answer_tokens = lowercase_words(text)
+    conversation_tokens = set(lowercase_words(conversation_text(prompt)))
     last_turn = str(prompt.get("prompt") or "")
-    last_turn_tokens = lowercase_tokens(last_turn)
+    last_turn_tokens = lowercase_words(last_turn)
     answer_token_set = set(answer_tokens)
     answer_bigrams, turn_bigrams = character_bigrams(text), character_bigrams(last_turn)
     union = answer_bigrams | turn_bigrams
@@ -122,7 +111,7 @@ def prompt_ngram_text(prompt: PromptRecord | None) -> str:
     if prompt is None:
         return ""
     last_assistant = next(
-        (str(t.get("content", "")) for t in reversed(history_of(prompt)) if t.get("role") == "assistant"), ""
+        (t["content"] for t in reversed(history_of(prompt)) if t["role"] == "assistant"), ""
     )
     return "\n".join(part for part in (last_assistant, str(prompt.get("prompt") or "")) if part)
 
@@ -131,6 +120,6 @@ def prompt_view(record: Mapping[str, Any]) -> dict[str, Any]:
     """The prompt fields of a record (or pair, or rollout prompt): what the critic needs and nothing else."""
     return {
         "prompt": str(record.get("prompt") or ""),
-        "history": [dict(turn) for turn in history_of(record)],
+        "history": list(history_of(record)),
         "context": str(record.get("context") or ""),
     }

@@ -84,8 +84,9 @@ class CriticScorer:
         return predict(self.model, inputs).astype(np.float64)
 
     def score_rollout(self, rollout: Mapping[str, Any]) -> dict[str, Any]:
-        """Scores of a rollout batch's candidates (its ``texts``, ``buckets`` and, when present, ``text_prompts``), with
-        when scoring started and finished (the trainer measures how much of the critic's work overlapped training)."""
+        """Scores of a rollout batch's candidates (its ``texts``, ``buckets`` and, when present,
+        ``text_prompts``), with when scoring started and finished (the trainer measures how much of the critic's
+        work overlapped training)."""
         started = time.time()
         scores = self.score(rollout["texts"], rollout["buckets"], rollout.get("text_prompts"))
         return {"scores": scores, "started": started, "finished": time.time()}

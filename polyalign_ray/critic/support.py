@@ -118,9 +118,15 @@ def _hash(text: str, buckets: int) -> int:
 def family_gram_ids(text: str) -> np.ndarray:
     """Hashed lowercased words (a Han character counts as a word) and character bigrams of ``text``."""
     lowered = text.lower()
-    grams = [f"w{w}" for w in _WORD.findall(lowered)]
+    grams = [f"w{w}" for w in lowercase_words(text)]
     grams += [f"b{lowered[i : i + 2]}" for i in range(len(lowered) - 1) if not lowered[i : i + 2].isspace()]
     return np.asarray([_hash(g, GRAM_HASH_BUCKETS) for g in grams], dtype=np.int64)
+
+
+def lowercase_words(text: str) -> list[str]:
+    """Lowercased words, a Han character counting as a word: the naive Bayes' words, and the words the critic's
+    prompt statistics look for in both the prompt and the answer (critic/prompts.py)."""
+    return _WORD.findall(text.lower())
 
 
 def ending_ids(text: str) -> list[int]:
@@ -213,11 +219,12 @@ class SupportTables:
             np.add.at(grams[index[bucket_family(bucket)]], family_gram_ids(text), 1.0)
             endings[np.arange(3), ending_ids(text)] += 1.0
             latin = latin_words(text)
-            seen = {_hash(w, WORD_HASH_BUCKETS) for w in latin}
-            words[list(seen)] += 1.0
-            for word in latin:
-                occurrences[_hash(word, WORD_HASH_BUCKETS)] += 1.0
-                np.add.at(prefixes, proper_prefix_ids(word), 1.0)
+            word_ids = [_hash(w, WORD_HASH_BUCKETS) for w in latin]
+            words[list(set(word_ids))] += 1.0
+            np.add.at(occurrences, np.asarray(word_ids, dtype=np.int64), 1.0)
+            np.add.at(
+                prefixes, np.asarray([i for w in latin for i in proper_prefix_ids(w)], dtype=np.int64), 1.0
+            )
             for word in word_runs(text):
                 final_ids, inner_ids = word_piece_ids(word)
                 np.add.at(final, final_ids, 1.0)

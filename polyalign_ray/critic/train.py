@@ -599,7 +599,8 @@ def train_critic(
     inputs = inputs_of(train, train_support, train_features)
     history = fit_critic(model, inputs, train, targets, meta, config, rng)
 
-    heldout_pred = predict(model, inputs_of(heldout))
+    heldout_features = features_matrix([e.text for e in heldout])
+    heldout_pred = predict(model, inputs_of(heldout, hand_features=heldout_features))
     train_pred = predict(model, inputs)
     plain_heldout = [i for i, e in enumerate(heldout) if e.kind in ("human", "model", "")]
     plain_train = [i for i, e in enumerate(train) if e.kind in ("human", "model", "")]
@@ -617,10 +618,10 @@ def train_critic(
         **corruption_report(heldout_pred, heldout, prefix="heldout_"),
     }
     if config.use_prompt:  # what callers that pass no prompt get (not gated: the gates are on the full input)
+        kept = [i for i, e in enumerate(heldout) if e.kind not in PROMPT_ONLY_KINDS]  # what withholding keeps
         alone = withhold_prompts(heldout, 1.0, config.seed)
-        summary.update(
-            corruption_report(predict(model, inputs_of(alone)), alone, prefix="heldout_no_prompt_")
-        )
+        alone_pred = predict(model, inputs_of(alone, hand_features=heldout_features[kept]))
+        summary.update(corruption_report(alone_pred, alone, prefix="heldout_no_prompt_"))
     summary["heldout_spread_ratio"] = summary["heldout_prediction_std"] / max(
         summary["heldout_target_std"], 1e-12
     )
